@@ -67,7 +67,7 @@ def preset_file(root: Path, notebook: Path, preset: str) -> Path:
 def declared_parameters(notebook: Path) -> dict:
     import papermill
 
-    return {name: info for name, info in papermill.inspect_notebook(str(notebook)).items()}
+    return dict(papermill.inspect_notebook(str(notebook)))
 
 
 def preset_parameters(root: Path, notebook: Path, preset: str, overrides: dict | None = None) -> dict:

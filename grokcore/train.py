@@ -246,7 +246,7 @@ class Trainer:
             with torch.cuda.graph(graph):
                 self._step()
         except Exception as error:  # some torch versions cannot capture an op: run eagerly
-            warnings.warn(f"CUDA graph capture failed ({type(error).__name__}: {error}); training without graphs")
+            warnings.warn(f"CUDA graph capture failed ({type(error).__name__}: {error}); training without graphs", stacklevel=2)
             self.use_graph = False
             self._step()
             return

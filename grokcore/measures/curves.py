@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 #: Columns that identify a member in a history (the swept hyper-parameters).

@@ -17,7 +17,6 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from grokcore.config import POSITIVE, ConfigError, Spec, spec_field
