@@ -128,7 +128,7 @@ class Preempted(Exception):
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, device: torch.device, cuda_graphs: bool = True):
+    def __init__(self, config: RunConfig, device: torch.device, cuda_graphs: bool = True, torch_compile: bool = True):
         if not isinstance(config.optim, AdamW):
             raise TypeError(f"optim = {type(config.optim).__name__} is not supported by the trainer: use AdamW")
         self.config = config
@@ -167,6 +167,15 @@ class Trainer:
         forward = lambda params, x: functional_call(self.base, params, (x,))  # noqa: E731
         self._forward = vmap(forward, in_dims=(0, 0))
         self._forward_shared = vmap(forward, in_dims=(0, None))
+
+        # On a GPU, torch.compile fuses the step's many small kernels (2-3x fewer GPU
+        # microseconds per step on these models); the CPU runs eagerly (no compiler needed).
+        self.use_compile = device.type == "cuda" and torch_compile
+        self._loss_fn, self._update_fn, self._metrics_fn = self._batch_loss, self.opt.step, self._metrics
+        if self.use_compile:
+            self._loss_fn, self._update_fn, self._metrics_fn = (
+                torch.compile(fn, dynamic=False) for fn in (self._batch_loss, self.opt.step, self._metrics)
+            )
 
     def columns(self, prefix: str, parameter: str) -> list[tuple[int, int]]:
         """Column ranges, in the flat weight rows, of the parameters whose name starts with ``prefix``."""
@@ -212,15 +221,35 @@ class Trainer:
         pos = keys.topk(min(self.batch, n), dim=1, largest=False, sorted=True).indices
         return train_idx.gather(1, pos), self.batch_weight[:, : pos.shape[1]]
 
+    def _batch_loss(self, flat: Tensor, idx: Tensor, weight: Tensor) -> Tensor:
+        """Sum over members of each member's mean loss on its batch."""
+        x, y = self.data.inputs[idx], self.data.targets[idx]
+        losses, _ = per_example(self.data.loss, self._forward(unflatten(flat, self.base), x), y)
+        return ((losses * weight).sum(1) / weight.sum(1)).sum()
+
     def _step(self) -> None:
         """One update of every member: only device work, no host sync (graph-capturable)."""
         idx, weight = self.sample_batch()
-        x, y = self.data.inputs[idx], self.data.targets[idx]
-        losses, _ = per_example(self.data.loss, self._forward(self.params(), x), y)
-        loss = ((losses * weight).sum(1) / weight.sum(1)).sum()
-        (grad,) = torch.autograd.grad(loss, self.flat)
-        self.opt.step(grad, self.active)
+        (grad,) = torch.autograd.grad(self._loss_fn(self.flat, idx, weight), self.flat)
+        self._update_fn(grad, self.active)
         self.step_count += 1
+
+    def _eager(self, error: Exception) -> None:
+        warnings.warn(f"torch.compile failed ({type(error).__name__}: {error}); training without it", stacklevel=3)
+        self.use_compile = False
+        self._loss_fn, self._update_fn, self._metrics_fn = self._batch_loss, self.opt.step, self._metrics
+
+    def _warm_step(self) -> None:
+        """A step that falls back to eager execution if compiling fails (compilation runs,
+        and fails, before the compiled code touches any state)."""
+        if not self.use_compile:
+            self._step()
+            return
+        try:
+            self._step()
+        except Exception as error:  # a torch version or platform whose compiler fails here
+            self._eager(error)
+            self._step()
 
     def train_step(self) -> None:
         """One update. On a GPU the step is captured once as a CUDA graph and replayed: a
@@ -229,7 +258,7 @@ class Trainer:
             self.graph.replay()
             return
         if not self.use_graph:
-            self._step()
+            self._warm_step()
             return
         # Warm up eagerly on a side stream (allocations, library handles), then capture.
         self.warmup_left -= 1
@@ -237,7 +266,7 @@ class Trainer:
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             if self.warmup_left >= 0:
-                self._step()
+                self._warm_step()
         torch.cuda.current_stream(self.device).wait_stream(side)
         if self.warmup_left >= 0:
             return
@@ -256,7 +285,15 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> Tensor:
         """(K, len(self.metric_names)) metrics of every member now."""
-        params = {k: v.detach() for k, v in self.params().items()}
+        if self.use_compile:
+            try:
+                return self._metrics_fn(self.flat.detach())
+            except Exception as error:  # see _warm_step
+                self._eager(error)
+        return self._metrics(self.flat.detach())
+
+    def _metrics(self, flat: Tensor) -> Tensor:
+        params = unflatten(flat, self.base)
         out = []
         for split in ("train", "val"):
             idx, weight = self.data.evals[split]
@@ -267,7 +304,6 @@ class Trainer:
             loss, correct = per_example(self.data.loss, logits, y)
             total = weight.sum(1)
             out += [(loss * weight).sum(1) / total, (correct * weight).sum(1) / total]
-        flat = self.flat.detach()
         out.append(flat.norm(dim=1))
         for ranges in self.tracked.values():
             out.append(torch.cat([flat[:, a:b] for a, b in ranges], dim=1).norm(dim=1))
@@ -307,15 +343,17 @@ def train(
     root: Path | None = None,
     save_every_s: float = 120.0,
     cuda_graphs: bool = True,
+    torch_compile: bool = True,
     tf32: bool = True,
 ) -> Run:
     """Train ``config`` (or load it if finished, or resume it if unfinished) and return the run.
 
     ``until`` stops after that many steps without finishing the run (a later call resumes).
     A KeyboardInterrupt or SIGTERM saves the state first, so nothing is lost. On a GPU,
-    ``cuda_graphs`` replays each step as one CUDA graph and ``tf32`` lets matrix products use
-    TF32 (about 1e-3 relative error per product; these runs do not need exact float32).
-    Neither is part of the config's hash.
+    ``torch_compile`` fuses the step's kernels (about 10 s of compiling on first use, cached
+    on disk after), ``cuda_graphs`` replays each step as one CUDA graph, and ``tf32`` lets
+    matrix products use TF32 (about 1e-3 relative error per product; these runs do not need
+    exact float32). None of them is part of the config's hash.
     """
     path = run_path(config, root)
     if (path / "DONE").exists():
@@ -325,7 +363,7 @@ def train(
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
         with exclusive(path):
-            trainer = Trainer(config, dev, cuda_graphs=cuda_graphs)
+            trainer = Trainer(config, dev, cuda_graphs=cuda_graphs, torch_compile=torch_compile)
             _fit(trainer, path, until=until, progress=_progress_enabled(progress), save_every_s=save_every_s)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous_tf32
