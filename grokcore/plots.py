@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
 from grokcore.measures.curves import first_step
 
@@ -123,6 +124,7 @@ def progress_measures_figure(history: pd.DataFrame, measures: pd.DataFrame, phas
     (loss, acc, ex), (gin, wn, rest) = axes
     for ax in axes.flat:
         phase_spans(ax, phases, label=ax is loss)
+        ax.xaxis.set_major_locator(MaxNLocator(5))  # tick labels like 40000 collide at more
     loss.plot(h["step"], h["train_loss"], color=SPLIT_COLORS["train"], label="train")
     loss.plot(h["step"], h["val_loss"], color=SPLIT_COLORS["val"], label="validation")
     loss.set(yscale="log", title="loss", xlabel="step")
