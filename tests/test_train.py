@@ -52,6 +52,34 @@ def test_single_member_equals_torch_adamw():
     assert torch.allclose(trainer.flat.detach()[0], expected, atol=2e-5, rtol=1e-4)
 
 
+def test_failed_compile_falls_back_to_the_same_trajectory():
+    """A compiler that fails (as on some torch versions) leaves no trace: the run goes on
+    eagerly, with a warning, and its weights equal those of a run that never compiled."""
+    config = small_config()
+    eager = Trainer(config, torch.device("cpu"))
+    broken = Trainer(config, torch.device("cpu"))
+
+    def failing(*args):
+        raise RuntimeError("inductor cannot compile this")
+
+    broken.use_compile = True  # the CPU never compiles; pretend it did, with a failing compiler
+    broken._loss_fn = broken._metrics_fn = failing
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        broken.train_step()
+    assert not broken.use_compile
+    for _ in range(9):
+        broken.train_step()
+    for _ in range(10):
+        eager.train_step()
+    assert torch.equal(broken.flat, eager.flat)
+
+    at_evaluation = Trainer(config, torch.device("cpu"))
+    at_evaluation.use_compile, at_evaluation._metrics_fn = True, failing
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        metrics = at_evaluation.evaluate()
+    assert torch.equal(metrics, Trainer(config, torch.device("cpu")).evaluate())
+
+
 def test_members_with_different_hyperparameters_equal_separate_runs():
     config = small_config(seeds=2, sweep={"lr": [1e-3, 5e-3], "weight_decay": [0.0, 1.0]}, batch_size=16)
     ensemble = Trainer(config, torch.device("cpu"))
