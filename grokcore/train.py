@@ -350,10 +350,10 @@ def train(
 
     ``until`` stops after that many steps without finishing the run (a later call resumes).
     A KeyboardInterrupt or SIGTERM saves the state first, so nothing is lost. On a GPU,
-    ``torch_compile`` fuses the step's kernels (about 10 s of compiling on first use, cached
-    on disk after), ``cuda_graphs`` replays each step as one CUDA graph, and ``tf32`` lets
-    matrix products use TF32 (about 1e-3 relative error per product; these runs do not need
-    exact float32). None of them is part of the config's hash.
+    ``torch_compile`` fuses the step's kernels (10-40 s of compiling the first time a
+    process meets these shapes), ``cuda_graphs`` replays each step as one CUDA graph, and
+    ``tf32`` lets matrix products use TF32 (about 1e-3 relative error per product; these runs
+    do not need exact float32). None of them is part of the config's hash.
     """
     path = run_path(config, root)
     if (path / "DONE").exists():
