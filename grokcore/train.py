@@ -45,6 +45,18 @@ from grokcore.tasks.base import per_example
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "weight_norm")
 
 
+def compile_pays_off(steps: int, members: int) -> bool:
+    """Whether torch.compile is likely to save more time than it costs.
+
+    Compiling costs 15-40 s in each new process. On an H100 it saves about 0.35 ms a step
+    for one small transformer and about 7 ms a step for 64 of them (benchmarks/speed.py):
+    roughly 0.1 ms per member plus 0.25 ms. Against 40 s, that gives about 1e5 steps for one
+    model, 6e3 for 64 models, and fewer for larger sweeps. Shorter runs replay uncompiled
+    CUDA graphs.
+    """
+    return steps * (0.1 * members + 0.25) >= 40_000
+
+
 # -- schedules --------------------------------------------------------------------------
 
 
@@ -128,7 +140,9 @@ class Preempted(Exception):
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, device: torch.device, cuda_graphs: bool = True, torch_compile: bool = True):
+    def __init__(
+        self, config: RunConfig, device: torch.device, cuda_graphs: bool = True, torch_compile: bool | None = None
+    ):
         if not isinstance(config.optim, AdamW):
             raise TypeError(f"optim = {type(config.optim).__name__} is not supported by the trainer: use AdamW")
         self.config = config
@@ -170,6 +184,8 @@ class Trainer:
 
         # On a GPU, torch.compile fuses the step's many small kernels (2-3x fewer GPU
         # microseconds per step on these models); the CPU runs eagerly (no compiler needed).
+        if torch_compile is None:
+            torch_compile = compile_pays_off(config.steps, K)
         self.use_compile = device.type == "cuda" and torch_compile
         self._loss_fn, self._update_fn, self._metrics_fn = self._batch_loss, self.opt.step, self._metrics
         if self.use_compile:
@@ -343,17 +359,17 @@ def train(
     root: Path | None = None,
     save_every_s: float = 120.0,
     cuda_graphs: bool = True,
-    torch_compile: bool = True,
+    torch_compile: bool | None = None,
     tf32: bool = True,
 ) -> Run:
     """Train ``config`` (or load it if finished, or resume it if unfinished) and return the run.
 
     ``until`` stops after that many steps without finishing the run (a later call resumes).
     A KeyboardInterrupt or SIGTERM saves the state first, so nothing is lost. On a GPU,
-    ``torch_compile`` fuses the step's kernels (10-40 s of compiling the first time a
-    process meets these shapes), ``cuda_graphs`` replays each step as one CUDA graph, and
-    ``tf32`` lets matrix products use TF32 (about 1e-3 relative error per product; these runs
-    do not need exact float32). None of them is part of the config's hash.
+    ``torch_compile`` fuses the step's kernels (15-40 s of compiling in each new process;
+    None: where :func:`compile_pays_off`), ``cuda_graphs`` replays each step as one CUDA
+    graph, and ``tf32`` lets matrix products use TF32 (about 1e-3 relative error per product;
+    these runs do not need exact float32). None of them is part of the config's hash.
     """
     path = run_path(config, root)
     if (path / "DONE").exists():
