@@ -5,7 +5,7 @@ Run on a GPU (not in CI)::
     python benchmarks/speed.py                 # all three cases, prints a table
     python benchmarks/speed.py --out book/appendix   # also writes the book's speed.csv
 
-Cases, each measured in one process on one GPU:
+Cases, each measured on one GPU (one run of (a) in a second process, to time a fresh start):
 
 (a) Nanda et al. 2023's setting (p = 113, 30% of pairs, full batch, 1-layer transformer,
     AdamW lr 1e-3, weight decay 1): wall-clock seconds and steps until validation accuracy

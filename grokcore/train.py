@@ -186,12 +186,13 @@ class Trainer:
         # microseconds per step on these models); the CPU runs eagerly (no compiler needed).
         if torch_compile is None:
             torch_compile = compile_pays_off(config.steps, K)
-        self.use_compile = device.type == "cuda" and torch_compile
-        self._loss_fn, self._update_fn, self._metrics_fn = self._batch_loss, self.opt.step, self._metrics
-        if self.use_compile:
-            self._loss_fn, self._update_fn, self._metrics_fn = (
-                torch.compile(fn, dynamic=False) for fn in (self._batch_loss, self.opt.step, self._metrics)
-            )
+        self._set_compiled(device.type == "cuda" and torch_compile)
+
+    def _set_compiled(self, on: bool) -> None:
+        """Use compiled (or plain) versions of the step's loss and update and of the metrics."""
+        self.use_compile = on
+        fns = (self._batch_loss, self.opt.step, self._metrics)
+        self._loss_fn, self._update_fn, self._metrics_fn = (torch.compile(f, dynamic=False) if on else f for f in fns)
 
     def columns(self, prefix: str, parameter: str) -> list[tuple[int, int]]:
         """Column ranges, in the flat weight rows, of the parameters whose name starts with ``prefix``."""
@@ -222,9 +223,6 @@ class Trainer:
         return columns
 
     # -- one step -----------------------------------------------------------------------
-    def params(self) -> dict[str, Tensor]:
-        return unflatten(self.flat, self.base)
-
     def sample_batch(self) -> tuple[Tensor, Tensor]:
         """(K, B) example indices and weights for this step."""
         train_idx, train_weight = self.data.train_idx, self.data.train_weight
@@ -252,18 +250,16 @@ class Trainer:
 
     def _eager(self, error: Exception) -> None:
         warnings.warn(f"torch.compile failed ({type(error).__name__}: {error}); training without it", stacklevel=3)
-        self.use_compile = False
-        self._loss_fn, self._update_fn, self._metrics_fn = self._batch_loss, self.opt.step, self._metrics
+        self._set_compiled(False)
 
     def _warm_step(self) -> None:
         """A step that falls back to eager execution if compiling fails (compilation runs,
         and fails, before the compiled code touches any state)."""
-        if not self.use_compile:
-            self._step()
-            return
         try:
             self._step()
         except Exception as error:  # a torch version or platform whose compiler fails here
+            if not self.use_compile:
+                raise
             self._eager(error)
             self._step()
 

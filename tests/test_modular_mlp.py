@@ -1,6 +1,5 @@
 """The quadratic MLP and the closed-form solutions of Gromov 2023 / Doshi et al. 2024."""
 
-
 import pytest
 import torch
 

@@ -9,6 +9,7 @@ import pytest
 
 import grokcore as gc
 from grokcore.measures import fourier
+from grokcore.measures.representation import classify_phases, rqi
 
 pytestmark = pytest.mark.science
 
@@ -97,8 +98,6 @@ def test_liu_toy_model_shows_all_four_phases(tmp_path):
     weight decay decide the phase. At a small learning rate, no weight decay comprehends,
     some weight decay groks, and too much confuses. At a large learning rate the decoder
     memorises. Generalising members have a perfectly structured (linear) embedding."""
-    from grokcore.measures.representation import classify_phases, rqi
-
     config = gc.RunConfig(
         name="science-liu-phases",
         task=gc.ToyAddition(p=10, train_fraction=0.82),
