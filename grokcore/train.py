@@ -57,6 +57,20 @@ def compile_pays_off(steps: int, members: int) -> bool:
     return steps * (0.1 * members + 0.25) >= 40_000
 
 
+def cpu_chunk_size(members: int, work: int) -> int | None:
+    """How many members the CPU runs as one batched network (None: all of them), given a
+    member's weights x examples per step.
+
+    On the CPU, batching members saves only per-operation overhead, small next to a big
+    member's step, and it makes every intermediate ``members`` times larger: out of cache, and
+    from 32 MiB on (glibc's largest mmap threshold) a fresh mapping at each allocation that the
+    kernel page-faults and zeroes. 8 Power members (4e5 weights x 512 examples) took 75k page
+    faults a step that way, run one at a time they take none (benchmarks/ensemble_cpu.py).
+    """
+    chunk = max(1, 2**26 // work)
+    return chunk if chunk < members else None
+
+
 # -- schedules --------------------------------------------------------------------------
 
 
@@ -114,13 +128,13 @@ def flatten(model: nn.Module) -> Tensor:
 
 
 def unflatten(flat: Tensor, model: nn.Module) -> dict[str, Tensor]:
-    """Views of ``flat`` (..., P) shaped as ``model``'s parameters (..., *shape)."""
-    out, offset = {}, 0
-    lead = flat.shape[:-1]
-    for name, p in model.named_parameters():
-        out[name] = flat[..., offset : offset + p.numel()].view(*lead, *p.shape)
-        offset += p.numel()
-    return out
+    """Views of ``flat`` (..., P) shaped as ``model``'s parameters (..., *shape).
+
+    One ``split``, not a slice per parameter: the backward of each slice zero-fills a whole
+    (..., P) gradient and autograd adds them all up; the backward of ``split`` is one ``cat``."""
+    named = list(model.named_parameters())
+    parts = flat.split([p.numel() for _, p in named], dim=-1)
+    return {name: part.view(*flat.shape[:-1], *p.shape) for (name, p), part in zip(named, parts)}
 
 
 def _hash32(x: Tensor) -> Tensor:
@@ -179,8 +193,10 @@ class Trainer:
         self.warmup_left = 3
 
         forward = lambda params, x: functional_call(self.base, params, (x,))  # noqa: E731
-        self._forward = vmap(forward, in_dims=(0, 0))
-        self._forward_shared = vmap(forward, in_dims=(0, None))
+        examples = self.batch or self.data.train_idx.shape[1]
+        chunk = cpu_chunk_size(K, self.flat.shape[1] * examples) if device.type == "cpu" else None
+        self._forward = vmap(forward, in_dims=(0, 0), chunk_size=chunk)
+        self._forward_shared = vmap(forward, in_dims=(0, None), chunk_size=chunk)
 
         # On a GPU, torch.compile fuses the step's many small kernels (2-3x fewer GPU
         # microseconds per step on these models); the CPU runs eagerly (no compiler needed).
