@@ -49,7 +49,9 @@ def nanda_run(tmp_path_factory):
 def test_nanda_grokked_network_uses_a_few_key_frequencies(nanda_run):
     """Nanda et al. 2023, section 5: after grokking the logits live on a few frequencies."""
     history = nanda_run.history
-    assert history["val_acc"].iloc[-1] > 0.99
+    # Grokked: the median of the last five evaluations, so that one evaluation that lands in
+    # a late loss spike (lr 3e-3 has them) does not decide the test.
+    assert history["val_acc"].iloc[-5:].median() > 0.99, history.tail(5)
     measures, keys = fourier.progress_measures(nanda_run)
     assert 1 <= len(keys) <= 6, keys  # a handful of the (p - 1) / 2 = 15 frequencies
     last = measures.iloc[-1]
