@@ -1,4 +1,5 @@
-"""Fourier measures against brute-force sums written out with math.cos / math.sin."""
+"""Fourier measures against brute-force sums written out with math.cos / math.sin, and an
+ensemble member's measures against a run of its seed alone."""
 
 import math
 import random
@@ -7,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import grokcore as gc
 from grokcore.measures import fourier
 
 
@@ -100,3 +102,29 @@ def test_restricted_and_excluded_loss_match_brute_force():
     assert ours == pytest.approx(brute_restricted_excluded(logits.tolist(), p, [2], train), rel=1e-4)
     # The circuit lives on frequency 2: keeping it is far better than removing it.
     assert ours[0] < ours[1]
+
+
+def test_progress_measures_of_a_member_equal_those_of_its_seed_trained_alone(tmp_path):
+    """The chapter's per-seed table reads member k of one run: it must see seed k's network
+    and seed k's training split, exactly as a run of that seed alone would."""
+    def run(**seeds):
+        config = gc.RunConfig(
+            name="fourier-members",
+            task=gc.AlgorithmicTask(op="x+y", p=11, train_fraction=0.5, op_token=False),
+            model=gc.Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=32, norm="none", mlp_bias=True, init="nanda"),
+            optim=gc.AdamW(lr=3e-3, weight_decay=1.0),
+            steps=30,
+            batch_size=None,
+            checkpoint_every=10,
+            **seeds,
+        )
+        return gc.train(config, root=tmp_path, progress=False)
+
+    together, alone = run(seed=3, seeds=2), run(seed=4)
+    freqs = [1, 2]  # fixed, so the comparison does not hinge on which frequencies get picked
+    measured, _ = fourier.progress_measures(together, member=1, key_freqs=freqs)
+    expected, _ = fourier.progress_measures(alone, member=0, key_freqs=freqs)
+    assert list(measured.step) == list(expected.step)
+    assert {0, 10, 20, 30} <= set(expected.step)
+    for column in expected.columns.drop("step"):
+        assert measured[column].tolist() == pytest.approx(expected[column].tolist(), rel=1e-4), column
