@@ -1,13 +1,14 @@
 """The training loop against plain PyTorch, the run store, and resume."""
 
 import json
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import grokcore as gc
-from grokcore.train import Trainer, build_member, compile_pays_off, flatten, log_steps
+from grokcore.train import Trainer, build_member, compile_pays_off, cpu_chunk_size, flatten, log_steps
 
 
 def small_config(**changes):
@@ -198,3 +199,23 @@ def test_stop_at_freezes_members(tmp_path):
 def test_run_config_rejects_bad_values(changes, name):
     with pytest.raises(gc.ConfigError, match=rf"^{name}"):
         small_config(**changes)
+
+
+def test_cpu_chunk_size_bounds_a_chunk_to_2_pow_26_weight_examples():
+    assert cpu_chunk_size(8, 420_096 * 512) == 1  # Power 2x128: one member at a time
+    assert cpu_chunk_size(64, 11_904 * 480) == 11  # 2**26 // 5,713,920
+    assert cpu_chunk_size(8, 11_904 * 480) is None  # all 8 fit in one chunk
+
+
+def test_members_run_in_chunks_train_exactly_as_all_at_once(monkeypatch):
+    config = small_config(seeds=3, sweep={"lr": [1e-3, 5e-3]}, batch_size=16)
+    whole = Trainer(config, torch.device("cpu"))
+    asked = []
+    monkeypatch.setattr(sys.modules["grokcore.train"], "cpu_chunk_size", lambda members, work: asked.append(members) or 2)
+    chunked = Trainer(config, torch.device("cpu"))
+    assert asked == [6]  # 6 members in chunks of 2
+    for _ in range(10):
+        whole.train_step()
+        chunked.train_step()
+    assert torch.allclose(whole.flat.detach(), chunked.flat.detach(), atol=1e-6, rtol=1e-5)
+    assert torch.allclose(whole.evaluate(), chunked.evaluate(), atol=1e-6, rtol=1e-5)
