@@ -94,18 +94,19 @@ def seeded_permutation(n: int, seed: int) -> Tensor:
     return torch.randperm(n, generator=g)
 
 
-def per_example(loss: str, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-example loss and accuracy (1.0 where the arg-max output is the target).
-
-    ``outputs`` is (..., C) and ``targets`` (...) class ids. ``mse`` compares the outputs
-    with one-hot targets, averaged over the C outputs (as ``nn.MSELoss`` in Omnigrok).
-    """
+def example_loss(loss: str, outputs: Tensor, targets: Tensor) -> Tensor:
+    """Per-example loss. ``outputs`` is (..., C) and ``targets`` (...) class ids. ``mse``
+    compares the outputs with one-hot targets, averaged over the C outputs (as
+    ``nn.MSELoss`` in Omnigrok)."""
     if loss == "cross_entropy":
-        value = F.cross_entropy(outputs.flatten(0, -2), targets.flatten(), reduction="none").view(targets.shape)
-    elif loss == "mse":
+        return F.cross_entropy(outputs.flatten(0, -2), targets.flatten(), reduction="none").view(targets.shape)
+    if loss == "mse":
         onehot = F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype)
-        value = (outputs - onehot).pow(2).mean(-1)
-    else:
-        raise ValueError(f"loss = {loss!r} is not allowed: must be one of {', '.join(LOSSES)}")
+        return (outputs - onehot).pow(2).mean(-1)
+    raise ValueError(f"loss = {loss!r} is not allowed: must be one of {', '.join(LOSSES)}")
+
+
+def per_example(loss: str, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-example loss and accuracy (1.0 where the arg-max output is the target)."""
     correct = (outputs.argmax(-1) == targets).to(outputs.dtype)
-    return value, correct
+    return example_loss(loss, outputs, targets), correct
