@@ -8,6 +8,7 @@ dominated by per-operation overhead that the ensemble shares.
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,23 +39,27 @@ CASES = {
 }
 
 
-def step_seconds(members: int, case: dict, repeats: int = 30) -> float:
-    trainer = Trainer(gc.RunConfig(name="bench", steps=10, seeds=members, **case), torch.device("cpu"))
-    for _ in range(3):
-        trainer.train_step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        trainer.train_step()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+def step_seconds(case: dict, members: tuple[int, ...] = (1, 8), blocks: int = 8, block: int = 10) -> list[float]:
+    """Median seconds per step for each ensemble size. The sizes take turns in blocks of
+    steps, so that a slow spell of a shared machine weighs on each alike; the first two steps
+    of a block, which find the caches full of the other ensemble, are not counted."""
+    trainers = [Trainer(gc.RunConfig(name="bench", steps=10, seeds=k, **case), torch.device("cpu")) for k in members]
+    times = [[] for _ in trainers]
+    for _ in range(blocks):
+        for trainer, series in zip(trainers, times):
+            for i in range(block):
+                t0 = time.perf_counter()
+                trainer.train_step()
+                if i >= 2:
+                    series.append(time.perf_counter() - t0)
+    return [statistics.median(series) for series in times]
 
 
 def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'case':45s} {'1 member':>10s} {'8 members':>10s} {'ratio':>6s}")
     for name, case in CASES.items():
-        one, eight = step_seconds(1, case), step_seconds(8, case)
+        one, eight = step_seconds(case)
         print(f"{name:45s} {one * 1e3:8.2f}ms {eight * 1e3:8.2f}ms {eight / one:6.2f}")
 
 
