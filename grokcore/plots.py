@@ -91,13 +91,16 @@ def steps_to_generalise(delays: pd.DataFrame, x: str = "train_fraction", hue: st
     missing point is never mistaken for a fast one.
     """
     ax = ax or plt.gca()
+    # Colours from the full table: a value whose members all missed keeps its own colour for
+    # its triangles, and its legend entry.
+    order = list(delays[hue].unique())
+    palette = dict(zip(order, sns.color_palette(n_colors=len(order))))
     done = delays[delays["val_step"].notna()]
-    sns.lineplot(data=done, x=x, y="val_step", hue=hue, marker="o", errorbar=BAND, ax=ax)
+    sns.lineplot(data=done, x=x, y="val_step", hue=hue, hue_order=order, palette=palette, marker="o", errorbar=BAND, ax=ax)
     missed = delays[delays["val_step"].isna()]
+    for key, group in missed.groupby(hue):
+        ax.scatter(group[x], group["budget"], marker="^", facecolors="none", edgecolors=palette[key], s=60, zorder=3)
     if len(missed):
-        palette = dict(zip(delays[hue].unique(), sns.color_palette(n_colors=delays[hue].nunique())))
-        for key, group in missed.groupby(hue):
-            ax.scatter(group[x], group["budget"], marker="^", facecolors="none", edgecolors=palette[key], s=60, zorder=3)
         ax.scatter([], [], marker="^", facecolors="none", edgecolors="grey", label="not reached (at budget)")
     ax.set_yscale("log")
     ax.set_ylabel("steps to 99% validation accuracy")

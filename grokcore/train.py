@@ -19,6 +19,7 @@ import functools
 import json
 import math
 import os
+import platform
 import signal
 import time
 import warnings
@@ -73,8 +74,9 @@ def cpu_chunk_size(members: int, work: int) -> int | None:
     return chunk if chunk < members else None
 
 
-# glibc's mallopt parameters (malloc.h).
+# glibc's mallopt parameters (malloc.h), and the environment through which a user sets them.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 
 @functools.cache
@@ -84,15 +86,19 @@ def keep_freed_heap() -> bool:
     A CPU step allocates and frees the same few MiB every time. With glibc's defaults those
     blocks are mapped afresh or trimmed off the heap on free, so the next step page-faults
     them in again, zeroed: 8 small members took 1-2k minor faults and 4-6 ms of kernel time a
-    step, as much as their arithmetic (benchmarks/ensemble_cpu.py). Blocks under 32 MiB
-    (glibc's largest mmap threshold) now come from a heap that is never trimmed; the cost is
-    that the process keeps its peak heap. Returns whether the C library took the settings.
+    step, as much as their arithmetic (benchmarks/ensemble_cpu.py). Now blocks under 32 MiB
+    (glibc's largest mmap threshold) come from the heap, which is trimmed only when 1 GiB at
+    its top is free: the process keeps its peak heap. The setting is process-wide. It is left
+    alone where the user tunes malloc through the environment (``MALLOC_*_`` variables or
+    ``GLIBC_TUNABLES``) and where the C library is not glibc. Returns whether it was applied.
     """
-    try:
-        libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) and libc.mallopt(M_MMAP_THRESHOLD, 32 << 20))
-    except (OSError, AttributeError, TypeError):  # not glibc (macOS, Windows): leave the allocator alone
+    user_tuned = any(name in os.environ for name in MALLOC_ENV) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
+    if user_tuned or platform.libc_ver()[0] != "glibc":
         return False
+    libc = ctypes.CDLL(None)
+    trim = libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    mmap = libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    return bool(trim and mmap)
 
 
 # -- schedules --------------------------------------------------------------------------
@@ -225,7 +231,7 @@ class Trainer:
         self._forward = vmap(forward, in_dims=(0, 0), chunk_size=chunk)
         self._forward_shared = vmap(forward, in_dims=(0, None), chunk_size=chunk)
 
-        # On a GPU, torch.compile fuses the step's many small kernels (2-3x fewer GPU
+        # On a GPU, torch.compile fuses the step's many small kernels (about 2x fewer GPU
         # microseconds per step on these models); the CPU runs eagerly (no compiler needed).
         if torch_compile is None:
             torch_compile = compile_pays_off(config.steps, K)
