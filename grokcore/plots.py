@@ -96,7 +96,11 @@ def steps_to_generalise(delays: pd.DataFrame, x: str = "train_fraction", hue: st
     order = list(delays[hue].unique())
     palette = dict(zip(order, sns.color_palette(n_colors=len(order))))
     done = delays[delays["val_step"].notna()]
-    sns.lineplot(data=done, x=x, y="val_step", hue=hue, hue_order=order, palette=palette, marker="o", errorbar=BAND, ax=ax)
+    if len(done):
+        sns.lineplot(data=done, x=x, y="val_step", hue=hue, hue_order=order, palette=palette, marker="o", errorbar=BAND, ax=ax)
+    else:  # nothing generalised: keep a legend entry per value for the triangles' colours
+        for key in order:
+            ax.plot([], [], color=palette[key], marker="o", label=key)
     missed = delays[delays["val_step"].isna()]
     for key, group in missed.groupby(hue):
         ax.scatter(group[x], group["budget"], marker="^", facecolors="none", edgecolors=palette[key], s=60, zorder=3)
