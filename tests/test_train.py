@@ -211,7 +211,7 @@ def test_cpu_chunk_size_bounds_a_chunk_to_2_pow_26_weight_examples():
 
 
 FAULTS_PER_STEP = """
-import resource, statistics, sys, torch
+import resource, statistics, torch
 import grokcore as gc
 from grokcore.train import Trainer
 
