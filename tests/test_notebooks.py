@@ -2,6 +2,7 @@
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,14 @@ def test_committed_without_outputs(nb):
     for cell in json.loads(nb.read_text())["cells"]:
         if cell["cell_type"] == "code":
             assert not cell["outputs"] and cell["execution_count"] is None, f"{nb.name} has outputs: strip them"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+def test_cells_have_unique_ids(nb):
+    """nbformat 4.5 requires an id on every cell (future nbformat versions refuse notebooks without)."""
+    ids = [cell.get("id") for cell in json.loads(nb.read_text())["cells"]]
+    assert all(isinstance(i, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", i) for i in ids), f"{nb.name}: a cell lacks an id"
+    assert len(set(ids)) == len(ids), f"{nb.name}: cell ids repeat"
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
