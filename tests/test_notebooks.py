@@ -64,7 +64,7 @@ def test_committed_without_outputs(nb):
 def test_cells_have_unique_ids(nb):
     """nbformat 4.5 requires an id on every cell (future nbformat versions refuse notebooks without)."""
     ids = [cell.get("id") for cell in json.loads(nb.read_text())["cells"]]
-    assert all(isinstance(i, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", i) for i in ids), f"{nb.name}: a cell lacks an id"
+    assert all(isinstance(i, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", i) for i in ids), f"{nb.name}: a cell lacks a valid id"
     assert len(set(ids)) == len(ids), f"{nb.name}: cell ids repeat"
 
 
