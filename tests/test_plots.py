@@ -40,3 +40,22 @@ def test_a_table_where_nothing_generalised_still_draws_every_operation_without_w
     assert {"a", "b", "not reached (at budget)"} <= set(legend)
     edges = [c.get_edgecolor()[0] for c in ax.collections if len(c.get_offsets())]
     assert np.allclose(edges, [to_rgba(legend[op].get_color()) for op in "ab"])  # each triangle in its op's colour
+
+
+def test_triangles_of_operations_that_missed_at_the_same_fraction_do_not_hide_each_other():
+    delays = pd.DataFrame(
+        {
+            "op": ["a", "a", "b", "b", "c", "c"],
+            "train_fraction": [0.3, 0.5] * 3,
+            "val_step": [900.0, 400.0, np.nan, 700.0, np.nan, np.nan],
+            "budget": [1000] * 6,
+        }
+    )
+    ax = steps_to_generalise(delays, ax=plt.figure().gca())
+    at_budget = [np.asarray(c.get_offsets()) for c in ax.collections if len(c.get_offsets())]
+    at_budget = np.concatenate([o for o in at_budget if np.allclose(o[:, 1], 1000)])
+    assert len(at_budget) == 3  # b at 0.3, c at 0.3 and 0.5
+    xs = sorted(at_budget[:, 0])
+    assert len(set(np.round(xs, 9))) == 3  # no two triangles on the same spot
+    near = [v for v in xs if abs(v - 0.3) < 0.1]  # b's and c's at 0.3 stay by 0.3, apart
+    assert len(near) == 2 and all(abs(v - 0.3) < 0.05 for v in near) and near[0] != near[1]
