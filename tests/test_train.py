@@ -243,6 +243,26 @@ def test_cpu_steps_reuse_freed_memory_instead_of_page_faulting():
     assert float(out.stdout.split()[-1]) < 20
 
 
+def test_stopped_members_cost_no_cpu_work_and_leave_the_others_unchanged():
+    config = small_config(seeds=3, sweep={"lr": [1e-3, 5e-3]}, batch_size=16)  # 6 members
+    whole, pruned = Trainer(config, torch.device("cpu")), Trainer(config, torch.device("cpu"))
+    for _ in range(5):
+        whole.train_step()
+        pruned.train_step()
+    for k in (1, 4):  # as the training loop does when a member reaches stop_at
+        pruned.stopped_at[k], pruned.active[k] = 5, 0.0
+    frozen = pruned.flat.detach()[[1, 4]].clone()
+    members_run, forward = [], pruned._forward
+    pruned._forward = lambda params, x: members_run.append(x.shape[0]) or forward(params, x)
+    for _ in range(10):
+        whole.train_step()
+        pruned.train_step()
+    assert members_run == [4] * 10  # forward and backward of the 4 members still training only
+    live = [0, 2, 3, 5]
+    assert torch.allclose(whole.flat.detach()[live], pruned.flat.detach()[live], atol=1e-6, rtol=1e-5)
+    assert torch.equal(pruned.flat.detach()[[1, 4]], frozen)
+
+
 def test_members_run_in_chunks_train_exactly_as_all_at_once(monkeypatch):
     config = small_config(seeds=3, sweep={"lr": [1e-3, 5e-3]}, batch_size=16)
     whole = Trainer(config, torch.device("cpu"))
