@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import offset_copy
 
 from grokcore.measures.curves import first_step
 
@@ -102,14 +103,14 @@ def steps_to_generalise(delays: pd.DataFrame, x: str = "train_fraction", hue: st
         for key in order:
             ax.plot([], [], color=palette[key], marker="o", label=key)
     missed = delays[delays["val_step"].isna()]
-    # Several values that missed at one x share a budget: shift each value's triangles a little
-    # sideways (by its place in the legend) so that none hides another.
-    xs = np.unique(delays[x].to_numpy(dtype=float))
-    gap = np.diff(xs).min() if len(xs) > 1 else 1.0
-    shared = missed.groupby(x)[hue].nunique().max() > 1 if len(missed) else False
+    # Several values that missed at one x share a budget: shift each value's triangles sideways
+    # by a triangle's width (in points, so on any axis scale) so that none hides another.
+    shared = len(missed) and missed.groupby(x, observed=True)[hue].nunique().max() > 1
     for key, group in missed.groupby(hue):
-        shift = (order.index(key) - (len(order) - 1) / 2) * 0.25 * gap / len(order) if shared else 0.0
-        ax.scatter(group[x] + shift, group["budget"], marker="^", facecolors="none", edgecolors=palette[key], s=60, zorder=3)
+        dots = ax.scatter(group[x], group["budget"], marker="^", facecolors="none", edgecolors=palette[key], s=60, zorder=3)
+        if shared:  # shifted after adding, so that the axis limits still take in the budget
+            points = (order.index(key) - (len(order) - 1) / 2) * 7
+            dots.set_offset_transform(offset_copy(ax.transData, fig=ax.figure, x=points, units="points"))
     if len(missed):
         ax.scatter([], [], marker="^", facecolors="none", edgecolors="grey", label="not reached (at budget)")
     ax.set_yscale("log")

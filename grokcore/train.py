@@ -294,6 +294,9 @@ class Trainer:
         """One update of every member: only device work, no host sync (graph-capturable)."""
         idx, weight = self.sample_batch()
         rows = self._training_rows()
+        if rows is not None and not len(rows):  # every member has stopped
+            self.step_count += 1
+            return
         if rows is None:
             loss = self._loss_fn(self.flat, idx, weight)
         else:  # only the members still training run forward and backward
@@ -304,12 +307,12 @@ class Trainer:
 
     def _training_rows(self) -> Tensor | None:
         """On the CPU, once members have stopped (``stop_at``), the rows of those still
-        training, so that a stopped member costs nothing; None: every row. A GPU step keeps
-        every member: fixed shapes keep its CUDA graph and compiled code valid, and a GPU runs
-        a few members more in about the same time anyway."""
+        training, so that a stopped member takes no forward or backward work; None: every
+        row. A GPU step keeps every member: fixed shapes keep its CUDA graph and compiled code
+        valid, and a GPU runs a few members more in about the same time anyway."""
         if self.device.type != "cpu" or all(s is None for s in self.stopped_at):
             return None
-        return torch.tensor([k for k, s in enumerate(self.stopped_at) if s is None])
+        return torch.tensor([k for k, s in enumerate(self.stopped_at) if s is None], dtype=torch.long)
 
     def _eager(self, error: Exception) -> None:
         warnings.warn(f"torch.compile failed ({type(error).__name__}: {error}); training without it", stacklevel=3)

@@ -243,8 +243,10 @@ def test_cpu_steps_reuse_freed_memory_instead_of_page_faulting():
     assert float(out.stdout.split()[-1]) < 20
 
 
-def test_stopped_members_cost_no_cpu_work_and_leave_the_others_unchanged():
-    config = small_config(seeds=3, sweep={"lr": [1e-3, 5e-3]}, batch_size=16)  # 6 members
+@pytest.mark.parametrize("batch_size, chunk", [(16, None), (None, 2)])  # minibatches; full batch in chunks of 2
+def test_stopped_members_cost_no_cpu_work_and_leave_the_others_unchanged(batch_size, chunk, monkeypatch):
+    monkeypatch.setattr(sys.modules["grokcore.train"], "cpu_chunk_size", lambda members, work: chunk)
+    config = small_config(seeds=3, sweep={"lr": [1e-3, 5e-3]}, batch_size=batch_size)  # 6 members
     whole, pruned = Trainer(config, torch.device("cpu")), Trainer(config, torch.device("cpu"))
     for _ in range(5):
         whole.train_step()
@@ -261,6 +263,10 @@ def test_stopped_members_cost_no_cpu_work_and_leave_the_others_unchanged():
     live = [0, 2, 3, 5]
     assert torch.allclose(whole.flat.detach()[live], pruned.flat.detach()[live], atol=1e-6, rtol=1e-5)
     assert torch.equal(pruned.flat.detach()[[1, 4]], frozen)
+    pruned.stopped_at, pruned.active[:] = [5] * 6, 0.0  # all stopped: a step changes nothing
+    before = pruned.flat.detach().clone()
+    pruned.train_step()
+    assert torch.equal(pruned.flat.detach(), before)
 
 
 def test_members_run_in_chunks_train_exactly_as_all_at_once(monkeypatch):
