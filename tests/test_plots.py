@@ -10,6 +10,17 @@ from matplotlib.colors import to_rgba
 from grokcore.plots import steps_to_generalise
 
 
+def legend_entries(ax) -> dict:
+    """Legend label -> handle."""
+    legend = ax.get_legend()
+    return {text.get_text(): handle for text, handle in zip(legend.get_texts(), legend.legend_handles)}
+
+
+def markers_at(ax, y: float) -> list:
+    """The scatter collections whose every point sits at height ``y`` (the step budget)."""
+    return [c for c in ax.collections if len(c.get_offsets()) and np.allclose(np.asarray(c.get_offsets())[:, 1], y)]
+
+
 def test_an_operation_that_never_generalised_keeps_its_own_colour_and_legend_entry():
     delays = pd.DataFrame(
         {
@@ -20,11 +31,11 @@ def test_an_operation_that_never_generalised_keeps_its_own_colour_and_legend_ent
         }
     )
     ax = steps_to_generalise(delays, ax=plt.figure().gca())
-    legend = {text.get_text(): handle for text, handle in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)}
+    legend = legend_entries(ax)
     assert {"a", "b", "c", "not reached (at budget)"} <= set(legend)
     colour = {op: to_rgba(legend[op].get_color()) for op in "abc"}
     assert len(set(colour.values())) == 3
-    triangles = [c for c in ax.collections if len(c.get_offsets()) and np.allclose(np.asarray(c.get_offsets())[:, 1], 1000)]
+    triangles = markers_at(ax, 1000)
     assert len(triangles) == 1 and len(triangles[0].get_offsets()) == 2  # b's two budget points
     assert tuple(triangles[0].get_edgecolor()[0]) == colour["b"]
 
@@ -36,7 +47,7 @@ def test_a_table_where_nothing_generalised_still_draws_every_operation_without_w
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ax = steps_to_generalise(delays, ax=plt.figure().gca())
-    legend = {text.get_text(): handle for text, handle in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)}
+    legend = legend_entries(ax)
     assert {"a", "b", "not reached (at budget)"} <= set(legend)
     edges = [c.get_edgecolor()[0] for c in ax.collections if len(c.get_offsets())]
     assert np.allclose(edges, [to_rgba(legend[op].get_color()) for op in "ab"])  # each triangle in its op's colour
@@ -53,7 +64,7 @@ def test_triangles_of_operations_that_missed_at_the_same_fraction_do_not_hide_ea
     )
     ax = steps_to_generalise(delays, ax=plt.figure().gca())
     ax.figure.canvas.draw()
-    triangles = [c for c in ax.collections if len(c.get_offsets()) and np.allclose(np.asarray(c.get_offsets())[:, 1], 1000)]
+    triangles = markers_at(ax, 1000)
     assert len(triangles) == 2  # b's and c's
     on_screen = {tuple(np.round(c.get_offset_transform().transform(c.get_offsets()), 3)[:, 0]) for c in triangles}
     b_x, c_x = sorted(on_screen, key=len)  # b missed at 0.3 only, c at 0.3 and 0.5
