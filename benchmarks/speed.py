@@ -166,6 +166,13 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         print(*nanda_seconds(args.nanda_run, {"torch_compile": True}))
         return
+    if sys.flags.dont_write_bytecode:
+        print(
+            "warning: PYTHONDONTWRITEBYTECODE is set, so each new process compiles torch's compiler"
+            " modules from source (about 6 s on an H100 machine) and the compile rows of (a) include"
+            " it; unset it, and run `python -m compileall` on site-packages if it has no .pyc files",
+            file=sys.stderr,
+        )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
