@@ -169,7 +169,7 @@ def main() -> None:
     if sys.flags.dont_write_bytecode:
         print(
             "warning: PYTHONDONTWRITEBYTECODE is set, so each new process compiles torch's compiler"
-            " modules from source (about 6 s on an H100 machine) and the compile rows of (a) include"
+            " modules from source (4-15 s on our H100 machine) and the compile rows of (a) include"
             " it; unset it, and run `python -m compileall` on site-packages if it has no .pyc files",
             file=sys.stderr,
         )
