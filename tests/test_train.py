@@ -11,7 +11,17 @@ import torch
 import torch.nn.functional as F
 
 import grokcore as gc
-from grokcore.train import MALLOC_ENV, Trainer, build_member, compile_pays_off, cpu_chunk_size, flatten, log_steps
+from grokcore.train import (
+    MALLOC_ENV,
+    Trainer,
+    build_member,
+    compile_metrics_pays_off,
+    compile_pays_off,
+    cpu_chunk_size,
+    eval_schedule,
+    flatten,
+    log_steps,
+)
 
 
 def small_config(**changes):
@@ -63,6 +73,13 @@ def test_compile_only_where_it_pays_off():
     assert not compile_pays_off(steps=2_000, members=64)
     assert compile_pays_off(steps=10_000, members=64)
     assert compile_pays_off(steps=10_000, members=300)  # Liu's transformer phase diagram
+    # Evaluations: ~10 s of compiling against ~4 ms + 0.6 ms per member saved at each.
+    nanda = small_config(steps=40_000, eval_points=100, eval_every=100)  # about 500 evaluations
+    assert not compile_metrics_pays_off(len(eval_schedule(nanda)), members=1)
+    assert not compile_metrics_pays_off(100, members=64)  # (c) of benchmarks/speed.py
+    assert compile_metrics_pays_off(100, members=300)
+    long_run = small_config(steps=1_000_000, eval_every=100)
+    assert compile_metrics_pays_off(len(eval_schedule(long_run)), members=1)
 
 
 def test_failed_compile_falls_back_to_the_same_trajectory():
@@ -87,7 +104,8 @@ def test_failed_compile_falls_back_to_the_same_trajectory():
     assert torch.equal(broken.flat, eager.flat)
 
     at_evaluation = Trainer(config, torch.device("cpu"))
-    at_evaluation.use_compile, at_evaluation._metrics_fn = True, failing
+    at_evaluation.use_compile = at_evaluation.metrics_compiled = True
+    at_evaluation._metrics_fn = failing
     with pytest.warns(UserWarning, match="torch.compile failed"):
         metrics = at_evaluation.evaluate()
     assert torch.equal(metrics, Trainer(config, torch.device("cpu")).evaluate())
