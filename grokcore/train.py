@@ -65,7 +65,7 @@ def compile_metrics_pays_off(evaluations: int, members: int) -> bool:
 
     On an H100, a compiled evaluation saves about 4 ms plus 0.6 ms per member (5.1 -> 1.1 ms
     for Nanda's model, 62 -> 22 ms for 64 members of Power's), and compiling it costs 5-17 s
-    with empty caches, about 1 s from inductor's disk cache. With ~100 evaluations, as most
+    with empty caches, about 1.4 s from inductor's disk cache. With ~100 evaluations, as most
     runs make, a 64-member sweep started 17 s sooner with eager evaluations (38 s instead of
     55 s). Against 10 s: compiled from about 2,000 evaluations of one model, or 160 of 100 members.
     """
