@@ -5,8 +5,19 @@ bars, a non-interactive matplotlib backend.
 """
 
 import os
+import shutil
 import tempfile
 
-os.environ.setdefault("GROKCORE_RUNS", tempfile.mkdtemp(prefix="grokcore-test-runs-"))
+# Made once, by the process that starts pytest; xdist workers and nbval kernels inherit it.
+_THROWAWAY_RUNS = None
+if "GROKCORE_RUNS" not in os.environ:
+    _THROWAWAY_RUNS = tempfile.mkdtemp(prefix="grokcore-test-runs-")
+    os.environ["GROKCORE_RUNS"] = _THROWAWAY_RUNS
 os.environ.setdefault("GROKCORE_PROGRESS", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def pytest_unconfigure(config):
+    # Every test session used to leave its run store (~7 MB) in the temporary folder.
+    if _THROWAWAY_RUNS is not None and not hasattr(config, "workerinput"):
+        shutil.rmtree(_THROWAWAY_RUNS, ignore_errors=True)
