@@ -1,13 +1,15 @@
 """Cost of one step of an 8-member ensemble against one member, on the CPU.
 
-    OMP_NUM_THREADS=2 python benchmarks/ensemble_cpu.py
+    OMP_NUM_THREADS=2 python benchmarks/ensemble_cpu.py [--runs 3]
 
 The target (issue 5): at most 3x one member's step for small models, where a step is
-dominated by per-operation overhead that the ensemble shares.
+dominated by per-operation overhead that the ensemble shares. A shared machine's load moves
+the ratios by 10-40% between runs, so ``--runs`` repeats the measurement and gives the range.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -56,11 +58,23 @@ def step_seconds(case: dict, members: tuple[int, ...] = (1, 8), blocks: int = 8,
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=1, help="repeat every case this many times (default 1)")
+    runs = parser.parse_args().runs
+    if runs < 1:
+        parser.error(f"--runs must be at least 1, got {runs}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'case':45s} {'1 member':>10s} {'8 members':>10s} {'ratio':>6s}")
-    for name, case in CASES.items():
-        one, eight = step_seconds(case)
-        print(f"{name:45s} {one * 1e3:8.2f}ms {eight * 1e3:8.2f}ms {eight / one:6.2f}")
+    ratios = {name: [] for name in CASES}
+    for _ in range(runs):
+        for name, case in CASES.items():
+            one, eight = step_seconds(case)
+            ratios[name].append(eight / one)
+            print(f"{name:45s} {one * 1e3:8.2f}ms {eight * 1e3:8.2f}ms {eight / one:6.2f}")
+    if runs > 1:
+        print(f"\nratio over {runs} runs")
+        for name, values in ratios.items():
+            print(f"{name:45s} {min(values):.2f}-{max(values):.2f}")
 
 
 if __name__ == "__main__":
