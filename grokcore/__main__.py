@@ -40,12 +40,21 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), help="override a parameter")
 
     args = parser.parse_args(argv)
-    root = book.project_root()
+    try:
+        if args.command == "run":
+            # The notebook's repository, wherever the command is run from.
+            nb = args.notebook.resolve()
+            if not nb.exists():
+                parser.error(f"notebook {args.notebook} does not exist")
+            root = book.project_root(nb.parent)
+            if not nb.is_relative_to(root / "book"):
+                parser.error(f"notebook {args.notebook} is not in {root / 'book'}, where the notebooks live")
+        else:
+            root = book.project_root()
+    except book.BookError as e:
+        parser.error(str(e))
 
     if args.command == "run":
-        nb = args.notebook.resolve()
-        if not nb.exists():
-            parser.error(f"notebook {args.notebook} does not exist")
         t0 = time.perf_counter()
         failure = book.execute(root, nb, args.preset, _overrides(args.parameter), log_output=True)
         if failure:

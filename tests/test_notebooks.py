@@ -81,6 +81,33 @@ def test_unknown_parameter_is_refused_before_execution():
         book.preset_parameters(ROOT, nb, "ci", {"train_fractoin": 0.5})
 
 
+def test_cli_finds_the_notebooks_repository_from_anywhere(tmp_path, monkeypatch):
+    from grokcore.__main__ import main
+
+    calls = []
+    monkeypatch.setattr(book, "execute", lambda root, nb, preset, overrides, **_: calls.append((root, nb, overrides)))
+    monkeypatch.chdir(tmp_path)
+    nb = ROOT / "book/power2022/grokking.ipynb"
+    assert main(["run", str(nb), "--preset", "ci", "-p", "seeds", "2"]) == 0
+    assert calls == [(ROOT, nb, {"seeds": 2})]
+
+
+def test_cli_refuses_what_it_cannot_run_in_one_line(tmp_path, monkeypatch, capsys):
+    from grokcore.__main__ import main
+
+    stray = tmp_path / "stray.ipynb"
+    stray.write_text((ROOT / "book/power2022/grokking.ipynb").read_text())
+    monkeypatch.chdir(tmp_path)
+    for argv, message in [
+        (["run", str(stray)], "no _toc.yml in"),
+        (["run", str(ROOT / "README.md")], "is not in " + str(ROOT / "book")),
+        (["book", "run"], "no _toc.yml in"),
+    ]:
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_papermill_stops_at_once_on_an_impossible_value(tmp_path):
     nb = ROOT / "book/power2022/grokking.ipynb"
     done = subprocess.run(
