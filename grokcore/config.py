@@ -60,6 +60,11 @@ POSITIVE = interval(0, None, lo_open=True)
 NON_NEGATIVE = interval(0, None)
 FRACTION = interval(0, 1, lo_open=True, hi_open=True)
 PRIME = Check(lambda v: is_prime(v), "a prime number (e.g. 97, 113)")
+# A run's folder is <name>-<hash> inside the run store, and must stay inside it.
+RUN_NAME = Check(
+    lambda v: bool(v) and not any(c in v for c in "/\\") and not v.startswith("."),
+    "a non-empty label without '/' or '\\' that does not start with '.'",
+)
 
 
 def one_of(*values) -> Check:
@@ -291,10 +296,10 @@ class RunConfig(Spec):
     initialisation, its train/validation split and its batches.
     """
 
-    name: str = spec_field(doc="a short label; the run folder is <name>-<hash>")
+    name: str = spec_field(check=RUN_NAME, doc="a short label; the run folder is <name>-<hash>")
     task: Spec = spec_field(doc="what to learn (grokcore.tasks)")
     model: Spec = spec_field(doc="the architecture (grokcore.models)")
-    optim: Spec = spec_field(default_factory=AdamW, doc="the optimiser")
+    optim: AdamW = spec_field(default_factory=AdamW, doc="the optimiser")
     steps: int = spec_field(10_000, check=POSITIVE, doc="optimisation steps")
     batch_size: Optional[int] = spec_field(None, check=POSITIVE, doc="None: full batch")
     max_batch_fraction: float = spec_field(
@@ -311,10 +316,16 @@ class RunConfig(Spec):
         (), doc="parameter-name prefixes whose L2 norm is recorded at every evaluation, e.g. ('unembed',)"
     )
     stop_at: Optional[float] = spec_field(
-        None, check=interval(0, 1), doc="freeze a member once its validation accuracy reaches this"
+        None, check=interval(0, 1, lo_open=True), doc="freeze a member once its validation accuracy reaches this"
     )
 
     def validate(self):
+        from grokcore.tasks.base import Task  # imported here: the tasks import this module
+
+        if not isinstance(self.task, Task):
+            raise ConfigError(f"task = {self.task!r} is not allowed: must be a task of grokcore.tasks, e.g. AlgorithmicTask()")
+        if isinstance(self.model, Task) or not callable(getattr(self.model, "build", None)):
+            raise ConfigError(f"model = {self.model!r} is not allowed: must be a model of grokcore.models, e.g. Transformer()")
         for key, values in self.sweep.items():
             if key not in SWEEPABLE:
                 raise ConfigError(
@@ -324,12 +335,13 @@ class RunConfig(Spec):
                 raise ConfigError(f"sweep[{key!r}] = {values!r} is not allowed: must be a non-empty list")
             if key == "seed":
                 raise ConfigError("sweep key 'seed' is not allowed: use seed= and seeds=")
-            # Each value must be valid where it will be used.
+        # Each value must be valid where it will be used, and is kept as that section holds
+        # it (1 -> 1.0), so that equal sweeps hash alike; tuples keep the config hashable.
+        normalised = {}
+        for key, values in sorted(self.sweep.items()):
             section = getattr(self, SWEEPABLE[key])
-            for v in values:
-                section.replace(**{key: v})
-        # Normalise lists to tuples so that the config is hashable and prints the same.
-        object.__setattr__(self, "sweep", {k: tuple(v) for k, v in sorted(self.sweep.items())})
+            normalised[key] = tuple(getattr(section.replace(**{key: v}), key) for v in values)
+        object.__setattr__(self, "sweep", normalised)
 
     # -- members ------------------------------------------------------------------------
     def members(self) -> list[dict]:

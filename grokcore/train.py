@@ -461,8 +461,9 @@ def train(
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
         with exclusive(path):
-            trainer = Trainer(config, dev, cuda_graphs=cuda_graphs, torch_compile=torch_compile)
-            _fit(trainer, path, until=until, progress=_progress_enabled(progress), save_every_s=save_every_s)
+            if not (path / "DONE").exists():  # another process may have finished it while we waited
+                trainer = Trainer(config, dev, cuda_graphs=cuda_graphs, torch_compile=torch_compile)
+                _fit(trainer, path, until=until, progress=_progress_enabled(progress), save_every_s=save_every_s)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous_tf32
     return Run(path)
@@ -506,6 +507,10 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: bool, sav
         atomic_torch_save(state, state_file)
         write_history(path, trainer, rows)
 
+    def save_checkpoint(step: int) -> None:
+        checkpoint = {"flat": trainer.flat.detach().cpu().clone(), "step": step}
+        atomic_torch_save(checkpoint, path / "checkpoints" / f"step_{step:07d}.pt")
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -536,26 +541,28 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: bool, sav
                             trainer.stopped_at[k] = step
                             trainer.active[k] = 0.0
                 if step in checkpoints:
-                    atomic_torch_save(
-                        {"flat": trainer.flat.detach().cpu().clone(), "step": step},
-                        path / "checkpoints" / f"step_{step:07d}.pt",
-                    )
+                    save_checkpoint(step)
                 if bar is not None:
                     bar.n = step
                     bar.set_postfix(
                         train_acc=f"{metrics[:, 1].mean():.3f}", val_acc=f"{metrics[:, 3].mean():.3f}", refresh=False
                     )
                     bar.refresh()
-                if time.perf_counter() - last_save > save_every_s:
-                    save_state()
-                    last_save = time.perf_counter()
-            if step >= config.steps or all(s is not None for s in trainer.stopped_at):
+            if step >= config.steps:
+                break
+            if all(s is not None for s in trainer.stopped_at):
+                if step not in checkpoints:  # keep the networks as they stopped
+                    save_checkpoint(step)
                 break
             if (until is not None and step >= until) or requested:
                 save_state()
                 if requested:
                     raise requested[0](f"stopped at step {step}; state saved in {path}")
                 return
+            # Checked every step: late in a run, log-spaced evaluations are far apart.
+            if time.perf_counter() - last_save > save_every_s:
+                save_state()
+                last_save = time.perf_counter()
             trainer.train_step()
             step += 1
     finally:

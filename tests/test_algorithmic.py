@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from grokcore import AlgorithmicTask, ConfigError
+from grokcore import AlgorithmicTask, ConfigError, ToyAddition
 from grokcore.tasks.algorithmic import OPS, PERM_OPS
 
 P = 11
@@ -126,8 +126,23 @@ def test_split_is_seeded():
         ({"op": "x%y"}, "op"),
         ({"p": "97"}, "p"),
         ({"p": 97.0}, "p"),
+        # 0.5% of 7 x 7 = 49 equations rounds down to none.
+        ({"p": 7, "train_fraction": 0.005}, "train_fraction"),
     ],
 )
 def test_bad_parameters_name_themselves(kwargs, name):
     with pytest.raises(ConfigError, match=rf"^{name} = "):
         AlgorithmicTask(**kwargs)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_equation_count_is_the_table_length(op):
+    task = AlgorithmicTask(op=op, p=7, n=3)
+    assert task.n_examples == len(task.table()[0])
+
+
+@pytest.mark.parametrize("kwargs", [{"p": 2}, {"train_fraction": 0.1}, {"p": 4, "train_fraction": 0.5}])
+def test_toy_addition_refuses_splits_that_miss_a_sum(kwargs):
+    # 19 sums at p = 10 need 19 of the 55 training pairs; at p = 4, 7 of 10.
+    with pytest.raises(ConfigError, match=r"^(p|train_fraction) = "):
+        ToyAddition(**kwargs)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from grokcore import AlgorithmicTask, ConfigError, Transformer
+from grokcore import AlgorithmicTask, ConfigError, SumEmbeddingMLP, Transformer
 
 
 def power_parameter_count(vocab, seq_len, d, layers, d_mlp):
@@ -80,3 +80,15 @@ def test_nanda_init_scales():
 def test_heads_must_divide_width():
     with pytest.raises(ConfigError, match="^n_heads = 3"):
         Transformer(d_model=128, n_heads=3)
+
+
+def test_sinusoidal_positions_need_an_even_width():
+    Transformer(d_model=6, n_heads=3, positions="sinusoidal")
+    Transformer(d_model=5, n_heads=1)  # learned positions: any width
+    with pytest.raises(ConfigError, match="^d_model = 5"):
+        Transformer(d_model=5, n_heads=1, positions="sinusoidal")
+
+
+def test_mlp_widths_must_be_positive():
+    with pytest.raises(ConfigError, match="^hidden = "):
+        SumEmbeddingMLP(hidden=(200, 0))

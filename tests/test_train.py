@@ -166,6 +166,45 @@ def test_finished_run_is_loaded_not_retrained(tmp_path, monkeypatch):
     assert again.history.equals(run.history)
 
 
+def test_run_finished_by_another_process_while_waiting_is_loaded_not_retrained(tmp_path, monkeypatch):
+    config = small_config()
+    done = gc.train(config, root=tmp_path / "done", progress=False).path
+    train_module = sys.modules["grokcore.train"]
+    real_exclusive = train_module.exclusive
+
+    def lock_after_the_other_process_finished(path):
+        # The other process finishes between this one's first look and its lock.
+        path.mkdir(parents=True)
+        for name in ("DONE", "config.json", "history.csv"):
+            (path / name).write_bytes((done / name).read_bytes())
+        return real_exclusive(path)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(train_module, "exclusive", lock_after_the_other_process_finished)
+    monkeypatch.setattr(train_module.Trainer, "__init__", fail)
+    run = gc.train(config, root=tmp_path / "racing", progress=False)
+    assert run.done and not (run.path / "state.pt").exists()
+
+
+def test_a_crash_between_evaluations_loses_at_most_save_every_s(tmp_path, monkeypatch):
+    # Evaluations only at steps 0 and 200: the timed save must not wait for the next one.
+    config = small_config(steps=200, eval_points=2, checkpoints=0)
+    real_step = Trainer.train_step
+
+    def crash_at_step_50(self):
+        if int(self.step_count) == 50:
+            raise RuntimeError("node lost")
+        real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_step_50)
+    with pytest.raises(RuntimeError, match="node lost"):
+        gc.train(config, root=tmp_path, progress=False, save_every_s=0.0)
+    saved = torch.load(next(tmp_path.glob("test-*/state.pt")), weights_only=False)
+    assert saved["trainer"]["step"] == 50
+
+
 def test_resume_equals_uninterrupted_run(tmp_path):
     config = small_config(batch_size=16, steps=40, eval_points=12, seeds=2)
     whole = gc.train(config, root=tmp_path / "a", progress=False).history
@@ -196,13 +235,24 @@ def test_hash_is_stable_and_sensitive():
     assert a.hash() == b.hash()
     assert small_config(steps=31).hash() != a.hash()
     assert small_config(optim=gc.AdamW(lr=3e-3, weight_decay=0.5, warmup_steps=6)).hash() != a.hash()
+    # The same sweep written with ints or floats is the same run.
+    as_ints, as_floats = small_config(sweep={"weight_decay": [0, 1]}), small_config(sweep={"weight_decay": [0.0, 1.0]})
+    assert as_ints.hash() == as_floats.hash()
 
 
 def test_stop_at_freezes_members(tmp_path):
     config = small_config(task=gc.AlgorithmicTask(op="x+y", p=11, train_fraction=0.9), steps=400, stop_at=0.5, eval_points=40)
-    h = gc.train(config, root=tmp_path, progress=False).history
+    run = gc.train(config, root=tmp_path, progress=False)
+    h = run.history
     assert h["val_acc"].iloc[-1] >= 0.5
     assert h["step"].max() < 400
+    # The network as it stopped is kept, and it is the one that reached stop_at.
+    assert run.checkpoint_steps[-1] == h["step"].max()
+    inputs, targets = config.task.examples()
+    _, val_idx = config.task.split(0)
+    with torch.no_grad():
+        acc = (run.model()(inputs[val_idx]).argmax(-1) == targets[val_idx]).float().mean().item()
+    assert acc == pytest.approx(h["val_acc"].iloc[-1], abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -215,6 +265,14 @@ def test_stop_at_freezes_members(tmp_path):
         ({"sweep": {"lr": [-1.0]}}, "lr"),
         ({"sweep": {"train_fraction": [1.5]}}, "train_fraction"),
         ({"stop_at": 2.0}, "stop_at"),
+        ({"stop_at": 0.0}, "stop_at"),
+        ({"name": "../elsewhere"}, "name"),
+        ({"name": "a/b"}, "name"),
+        ({"task": gc.Transformer(), "model": gc.AlgorithmicTask()}, "task"),
+        ({"model": gc.AlgorithmicTask()}, "model"),
+        ({"optim": gc.Transformer()}, "optim"),
+        # 0.1% of the 121 equations of p = 11 is not one equation.
+        ({"sweep": {"train_fraction": [0.5, 0.001]}}, "train_fraction"),
     ],
 )
 def test_run_config_rejects_bad_values(changes, name):

@@ -15,7 +15,7 @@ from typing import Literal
 import torch.nn as nn
 from torch import Tensor
 
-from grokcore.config import POSITIVE, Spec, spec_field
+from grokcore.config import POSITIVE, Check, Spec, spec_field
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,11 @@ class SumEmbeddingMLP(Spec):
     """Config of :class:`SumEmbeddingMLPModel`."""
 
     embed_dim: int = spec_field(1, check=POSITIVE, doc="embedding dimension d_in")
-    hidden: tuple[int, ...] = spec_field((200, 200), doc="decoder hidden widths")
+    hidden: tuple[int, ...] = spec_field(
+        (200, 200),
+        check=Check(lambda widths: all(w > 0 for w in widths), "positive widths, e.g. (200, 200)"),
+        doc="decoder hidden widths",
+    )
     activation: Literal["tanh", "relu"] = spec_field("tanh", doc="decoder non-linearity")
     embed_init: float = spec_field(1.0, check=POSITIVE, doc="embeddings start U[-s/2, s/2] with this s")
     init_scale: float = spec_field(1.0, check=POSITIVE, doc="multiply every initial weight by this")

@@ -42,6 +42,8 @@ class Transformer(Spec):
             raise ConfigError(
                 f"n_heads = {self.n_heads} is not allowed: must divide d_model = {self.d_model}"
             )
+        if self.positions == "sinusoidal" and self.d_model % 2:
+            raise ConfigError(f"d_model = {self.d_model} is not allowed with sinusoidal positions: must be even")
 
     def build(self, dims: dict) -> "TransformerModel":
         return TransformerModel(self, vocab_size=dims["vocab_size"], seq_len=dims["seq_len"], n_outputs=dims["n_outputs"])

@@ -107,6 +107,23 @@ class AlgorithmicTask(Task):
     def validate(self):
         if self.op not in OPS:
             raise ConfigError(f"op = {self.op!r} is not allowed: must be one of {', '.join(map(repr, OPS))}")
+        self.train_size()  # a fraction that leaves an empty split stops here, not in train()
+
+    @property
+    def n_examples(self) -> int:
+        """How many equations :meth:`table` has, without building it."""
+        if self.op in PERM_OPS:
+            return math.factorial(self.n) ** 2
+        return self.p * (self.p if MOD_OPS[self.op][1] == "all" else self.p - 1)
+
+    def train_size(self, train_fraction: float | None = None) -> int:
+        """How many equations a member trains on; a ConfigError where a split would be empty."""
+        n = self.n_examples
+        frac = self.train_fraction if train_fraction is None else train_fraction
+        n_train = int(frac * n)
+        if not 1 <= n_train < n:
+            raise ConfigError(f"train_fraction = {frac!r} leaves no training or no validation equations ({n} in all)")
+        return n_train
 
     @property
     def n_values(self) -> int:
@@ -141,12 +158,8 @@ class AlgorithmicTask(Task):
         return inputs, z
 
     def split(self, seed: int, train_fraction: float | None = None) -> tuple[Tensor, Tensor]:
-        n = len(self.table()[0])
-        frac = self.train_fraction if train_fraction is None else train_fraction
-        n_train = int(frac * n)
-        if not 1 <= n_train < n:
-            raise ConfigError(f"train_fraction = {frac!r} leaves no training or no validation equations ({n} in all)")
-        perm = seeded_permutation(n, seed)
+        n_train = self.train_size(train_fraction)
+        perm = seeded_permutation(self.n_examples, seed)
         return perm[:n_train], perm[n_train:]
 
 
@@ -158,8 +171,23 @@ class ToyAddition(Task):
     paper); the answer is one of the 2p - 1 sums, learned as a classification.
     """
 
-    p: int = spec_field(10, check=interval(2, 1000), doc="number of symbols")
+    p: int = spec_field(10, check=interval(3, 1000), doc="number of symbols")
     train_fraction: float = spec_field(0.82, check=FRACTION, doc="fraction of the pairs used for training")
+
+    def validate(self):
+        self.train_size()  # a fraction that cannot cover every sum stops here, not in train()
+
+    def train_size(self, train_fraction: float | None = None) -> int:
+        """How many pairs a member trains on: at least one per sum, and not all of them."""
+        n = self.p * (self.p + 1) // 2
+        frac = self.train_fraction if train_fraction is None else train_fraction
+        n_train = int(frac * n)
+        if not 2 * self.p - 1 <= n_train < n:
+            raise ConfigError(
+                f"train_fraction = {frac!r} is not allowed: need between {2 * self.p - 1} (one pair per sum) "
+                f"and {n - 1} of the {n} pairs for training"
+            )
+        return n_train
 
     def pairs(self) -> Tensor:
         return torch.tensor([(a, b) for a in range(self.p) for b in range(a, self.p)], dtype=torch.long)
@@ -186,16 +214,10 @@ class ToyAddition(Task):
         training pair.
         """
         pairs, sums = self.examples()
-        n = len(pairs)
-        frac = self.train_fraction if train_fraction is None else train_fraction
-        n_train = int(frac * n)
-        if not 2 * self.p - 1 <= n_train < n:
-            raise ConfigError(
-                f"train_fraction = {frac!r} is not allowed: need between {2 * self.p - 1} (one pair per sum) "
-                f"and {n - 1} of the {n} pairs for training"
-            )
+        n, n_train = len(pairs), self.train_size(train_fraction)
         for attempt in range(1000):
             perm = seeded_permutation(n, seed * 1000 + attempt)
             if len(set(sums[perm[:n_train]].tolist())) == 2 * self.p - 1:
                 return perm[:n_train], perm[n_train:]
+        frac = self.train_fraction if train_fraction is None else train_fraction
         raise ConfigError(f"train_fraction = {frac!r} is too small to cover every sum with training pairs")
