@@ -446,7 +446,8 @@ def train(
     """Train ``config`` (or load it if finished, or resume it if unfinished) and return the run.
 
     ``until`` stops after that many steps without finishing the run (a later call resumes).
-    A KeyboardInterrupt or SIGTERM saves the state first, so nothing is lost. On a GPU,
+    A KeyboardInterrupt or SIGTERM saves the state first, so nothing is lost; a crash that
+    gives no warning (kill -9, a lost node) loses at most ``save_every_s`` seconds. On a GPU,
     ``torch_compile`` fuses the step's kernels (15-40 s of compiling with empty caches;
     None: where :func:`compile_pays_off`; the evaluations too where
     :func:`compile_metrics_pays_off`), ``cuda_graphs`` replays each step as one CUDA
