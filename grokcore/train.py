@@ -552,7 +552,7 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: bool, sav
             if step >= config.steps:
                 break
             if all(s is not None for s in trainer.stopped_at):
-                if step not in checkpoints:  # keep the networks as they stopped
+                if checkpoints and step not in checkpoints:  # keep the networks as they stopped
                     save_checkpoint(step)
                 break
             if (until is not None and step >= until) or requested:
