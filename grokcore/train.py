@@ -235,6 +235,7 @@ class Trainer:
         self.use_graph = device.type == "cuda" and cuda_graphs
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warmup_left = 3
+        self.graph_evaluations = self.use_graph  # its own flag: one failed capture leaves the other
         self.eval_graph: torch.cuda.CUDAGraph | None = None
         self.eval_out: Tensor | None = None  # what the evaluation graph writes
 
@@ -263,7 +264,7 @@ class Trainer:
             return torch.compile(f, dynamic=False) if on and pays_off else f
 
         self._loss_fn, self._update_fn = compiled(self._batch_loss), compiled(self.opt.step)
-        self.metrics_compiled = on and compile_metrics_pays_off(evaluations, len(self.members), graphed=self.use_graph)
+        self.metrics_compiled = on and compile_metrics_pays_off(evaluations, len(self.members), graphed=self.graph_evaluations)
         self._metrics_fn = compiled(self._metrics, self.metrics_compiled)
 
     def columns(self, prefix: str, parameter: str) -> list[tuple[int, int]]:
@@ -391,7 +392,7 @@ class Trainer:
                 return self._metrics_fn(self.flat.detach())
             except Exception as error:  # see _warm_step
                 self._eager(error)
-        if self.use_graph:
+        if self.graph_evaluations:
             return self._graphed_metrics()
         return self._metrics(self.flat.detach())
 
@@ -411,7 +412,7 @@ class Trainer:
                     self.eval_out = self._metrics(self.flat.detach())
             except Exception as error:  # as for the step: evaluate eagerly
                 warnings.warn(f"CUDA graph capture failed ({type(error).__name__}: {error}); evaluating without graphs", stacklevel=3)
-                self.use_graph = False
+                self.graph_evaluations = False
                 return self._metrics(self.flat.detach())
             self.eval_graph = graph
         self.eval_graph.replay()
@@ -490,7 +491,7 @@ def train(
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
         with exclusive(path):
-            if not (path / "DONE").exists():  # another process may have finished it while we waited
+            if not (path / "DONE").exists():  # another process may have finished it since our first look
                 trainer = Trainer(config, dev, cuda_graphs=cuda_graphs, torch_compile=torch_compile)
                 _fit(trainer, path, until=until, progress=_progress_enabled(progress), save_every_s=save_every_s)
     finally:
