@@ -25,6 +25,7 @@ import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -362,27 +363,39 @@ class Trainer:
         if not self.use_graph:
             self._warm_step()
             return
-        # Warm up eagerly on a side stream (allocations, library handles), then capture.
         self.warmup_left -= 1
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            if self.warmup_left >= 0:
-                self._warm_step()
-        torch.cuda.current_stream(self.device).wait_stream(side)
         if self.warmup_left >= 0:
+            self._on_side_stream(self._warm_step)
             return
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):
-                self._step()
-        except Exception as error:  # some torch versions cannot capture an op: run eagerly
-            warnings.warn(f"CUDA graph capture failed ({type(error).__name__}: {error}); training without graphs", stacklevel=2)
+        captured = self._capture(self._step, "training")
+        if captured is None:
             self.use_graph = False
             self._step()
             return
-        self.graph = graph
+        self.graph = captured[0]
         self.graph.replay()  # capture records the step without running it
+
+    def _on_side_stream(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on a side stream, as a CUDA graph's warm-up must (allocations, library handles)."""
+        current = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            out = fn()
+        current.wait_stream(side)
+        return out
+
+    def _capture(self, fn: Callable[[], Any], what: str) -> tuple[torch.cuda.CUDAGraph, Any] | None:
+        """``fn`` recorded as a CUDA graph, with what it returned; None, with a warning, where
+        this torch version cannot capture one of its ops (the caller then runs eagerly)."""
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                out = fn()
+        except Exception as error:
+            warnings.warn(f"CUDA graph capture failed ({type(error).__name__}: {error}); {what} without graphs", stacklevel=3)
+            return None
+        return graph, out
 
     @torch.no_grad()
     def evaluate(self) -> Tensor:
@@ -400,21 +413,13 @@ class Trainer:
         """The uncompiled metrics replayed as one CUDA graph: launched one by one from Python,
         their hundred or so kernels take a few milliseconds, several times their GPU time."""
         if self.eval_graph is None:
-            current = torch.cuda.current_stream(self.device)
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(current)
-            with torch.cuda.stream(side):  # warm up outside the capture, as for the step
-                self._metrics(self.flat.detach())
-            current.wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph):
-                    self.eval_out = self._metrics(self.flat.detach())
-            except Exception as error:  # as for the step: evaluate eagerly
-                warnings.warn(f"CUDA graph capture failed ({type(error).__name__}: {error}); evaluating without graphs", stacklevel=3)
+            metrics = lambda: self._metrics(self.flat.detach())  # noqa: E731
+            self._on_side_stream(metrics)
+            captured = self._capture(metrics, "evaluating")
+            if captured is None:
                 self.graph_evaluations = False
-                return self._metrics(self.flat.detach())
-            self.eval_graph = graph
+                return metrics()
+            self.eval_graph, self.eval_out = captured
         self.eval_graph.replay()
         return self.eval_out.clone()
 
