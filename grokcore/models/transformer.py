@@ -135,9 +135,24 @@ class TransformerModel(nn.Module):
                 nn.init.normal_(p, std=std)
         nn.init.normal_(self.unembed.weight, std=1 / math.sqrt(vocab_size))
 
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        """The token embeddings, (B, T, d_model).
+
+        Compiled for a GPU, the lookup's backward adds each example's gradient into its
+        token's row with atomic adds, and a token that every example shares (the "=" sign)
+        queues thousands of them on one row: 21 of a step's 270 µs in Nanda et al.'s setting
+        on an H100. So there, example i reads from copy i % lanes of a stacked table, and
+        the copies' gradients are summed: the same gradient in 6 µs."""
+        lanes = min(16, tokens.shape[0] // 256) if tokens.is_cuda and torch.compiler.is_compiling() else 1
+        if lanes <= 1:
+            return self.embed(tokens)
+        table = self.embed.weight
+        lane = torch.arange(tokens.shape[0], device=tokens.device)[:, None] % lanes
+        return nn.functional.embedding(tokens + lane * table.shape[0], table.repeat(lanes, 1))
+
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, T) -> logits (B, n_outputs) at the last position."""
-        x = self.embed(tokens)
+        x = self.embed_tokens(tokens)
         T = tokens.shape[-1]
         x = x + (self.pos.weight[:T] if self.cfg.positions == "learned" else sinusoidal_positions(T, x.shape[-1], x.device))
         for i, block in enumerate(self.blocks):
