@@ -272,6 +272,7 @@ class Trainer:
         # microseconds per step on these models); the CPU runs eagerly (no compiler needed).
         if torch_compile is None:
             torch_compile = compile_pays_off(config.steps, K)
+        self.compile_options = compile_options(K) if device.type == "cuda" else {}
         self._set_compiled(device.type == "cuda" and torch_compile)
 
     def _set_compiled(self, on: bool) -> None:
@@ -281,7 +282,7 @@ class Trainer:
         evaluations = len(eval_schedule(self.config))
 
         def compiled(f, pays_off=True):
-            return torch.compile(f, dynamic=False, options=compile_options(len(self.members))) if on and pays_off else f
+            return torch.compile(f, dynamic=False, options=self.compile_options) if on and pays_off else f
 
         self._loss_fn, self._update_fn = compiled(self._batch_loss), compiled(self.opt.step)
         self.metrics_compiled = on and compile_metrics_pays_off(evaluations, len(self.members), graphed=self.graph_evaluations)
@@ -358,20 +359,28 @@ class Trainer:
             return None
         return torch.tensor([k for k, s in enumerate(self.stopped_at) if s is None], dtype=torch.long)
 
-    def _eager(self, error: Exception) -> None:
-        warnings.warn(f"torch.compile failed ({type(error).__name__}: {error}); training without it", stacklevel=3)
-        self._set_compiled(False)
+    def _compile_failed(self, error: Exception) -> None:
+        """Fall back after a failed compile: first to compiling without inductor's options
+        (combo kernels are its least tried part), then to running uncompiled."""
+        failure = f"torch.compile failed ({type(error).__name__}: {error})"
+        if self.compile_options:
+            warnings.warn(f"{failure}; compiling again without {', '.join(self.compile_options)}", stacklevel=3)
+            self.compile_options = {}
+            self._set_compiled(True)
+        else:
+            warnings.warn(f"{failure}; training without it", stacklevel=3)
+            self._set_compiled(False)
 
     def _warm_step(self) -> None:
-        """A step that falls back to eager execution if compiling fails (compilation runs,
-        and fails, before the compiled code touches any state)."""
-        try:
-            self._step()
-        except Exception as error:  # a torch version or platform whose compiler fails here
-            if not self.use_compile:
-                raise
-            self._eager(error)
-            self._step()
+        """A step that falls back (``_compile_failed``) if compiling fails: compilation runs,
+        and fails, before the compiled code touches any state."""
+        while True:
+            try:
+                return self._step()
+            except Exception as error:  # a torch version or platform whose compiler fails here
+                if not self.use_compile:
+                    raise
+                self._compile_failed(error)
 
     def train_step(self) -> None:
         """One update. On a GPU the step is captured once as a CUDA graph and replayed: a
@@ -419,11 +428,11 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> Tensor:
         """(K, len(self.metric_names)) metrics of every member now."""
-        if self.metrics_compiled:
+        while self.metrics_compiled:
             try:
                 return self._metrics_fn(self.flat.detach())
             except Exception as error:  # see _warm_step
-                self._eager(error)
+                self._compile_failed(error)
         if self.graph_evaluations:
             return self._graphed_metrics()
         return self._metrics(self.flat.detach())

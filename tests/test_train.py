@@ -114,6 +114,38 @@ def test_failed_compile_falls_back_to_the_same_trajectory():
     assert torch.equal(metrics, Trainer(config, torch.device("cpu")).evaluate())
 
 
+def test_compile_that_fails_with_inductor_options_is_retried_without_them(monkeypatch):
+    """Combo kernels are inductor's least tried option: where compiling with them fails, the
+    step compiles again without them (with a warning) before it gives up compiling."""
+    config = small_config()
+    retried = Trainer(config, torch.device("cpu"))
+    asked = []
+
+    def compile_failing_with_options(f, dynamic, options):
+        asked.append(dict(options))
+        if not options:
+            return f  # compiles (to the same function) without options
+
+        def failing(*args):
+            raise RuntimeError("combo kernels crashed")
+
+        return failing
+
+    monkeypatch.setattr(torch, "compile", compile_failing_with_options)
+    retried.compile_options = {"combo_kernels": True}  # as on a GPU
+    retried._set_compiled(True)
+    with pytest.warns(UserWarning, match="compiling again without combo_kernels"):
+        retried.train_step()
+    assert retried.use_compile and retried.compile_options == {}
+    assert {"combo_kernels": True} in asked and {} in asked
+    eager = Trainer(config, torch.device("cpu"))
+    for _ in range(9):
+        retried.train_step()
+    for _ in range(10):
+        eager.train_step()
+    assert torch.equal(retried.flat, eager.flat)
+
+
 def test_members_with_different_hyperparameters_equal_separate_runs():
     config = small_config(seeds=2, sweep={"lr": [1e-3, 5e-3], "weight_decay": [0.0, 1.0]}, batch_size=16)
     ensemble = Trainer(config, torch.device("cpu"))

@@ -141,9 +141,11 @@ class TransformerModel(nn.Module):
         Compiled for a GPU, the lookup's backward adds each example's gradient into its
         token's row with atomic adds, and a token that every example shares (the "=" sign)
         queues thousands of them on one row: 21 of a step's 270 µs in Nanda et al.'s setting
-        on an H100. So there, example i reads from copy i % lanes of a stacked table, and
-        the copies' gradients are summed: the same gradient in 6 µs."""
-        lanes = min(16, tokens.shape[0] // 256) if tokens.is_cuda and torch.compiler.is_compiling() else 1
+        on an H100. So there, example i reads from copy i % lanes of a stacked table (a copy
+        per 256 examples, at most 16), and the copies' gradients are summed: the same
+        gradient in 6 µs."""
+        spread = tokens.is_cuda and torch.is_grad_enabled() and torch.compiler.is_compiling()
+        lanes = min(16, tokens.shape[0] // 256) if spread else 1
         if lanes <= 1:
             return self.embed(tokens)
         table = self.embed.weight
