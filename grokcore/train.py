@@ -259,8 +259,8 @@ class Trainer:
             chunk = cpu_chunk_size(K, self.flat.shape[1] * examples)
         if K == 1:
             # One network needs no vmap, which would make its matrix products batches of one,
-            # with their overhead and slower kernels: 8-16% of a step of Nanda's or Power's
-            # model on 2 CPU cores, 9% of Power's uncompiled step on an H100.
+            # with their overhead and slower kernels: 7-27% of a step of the small models of
+            # benchmarks/ensemble_cpu.py on 2 CPU cores, 9% of Power's uncompiled step on an H100.
             first = lambda params: {name: p[0] for name, p in params.items()}  # noqa: E731
             self._forward = lambda params, x: forward(first(params), x[0])[None]
             self._forward_shared = lambda params, x: forward(first(params), x)[None]
