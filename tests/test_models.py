@@ -32,7 +32,7 @@ def full_forward(model, tokens):
     x = model.embed(tokens) + model.pos.weight[: tokens.shape[1]]
     for block in model.blocks:
         T = x.shape[1]
-        q, k, v = block.attn.qkv(x).split(x.shape[-1], dim=-1)
+        q, k, v = block.attn.qkv(block.ln1(x) if block.norm == "pre" else x).split(x.shape[-1], dim=-1)
         heads = lambda t: t.view(t.shape[0], T, block.attn.n_heads, -1).transpose(1, 2)  # noqa: E731
         q, k, v = heads(q), heads(k), heads(v)
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
@@ -41,20 +41,34 @@ def full_forward(model, tokens):
         if block.norm == "post":
             x = block.ln1(x + block.attn.out(attended))
             x = block.ln2(x + block.mlp(x))
+        elif block.norm == "pre":
+            x = x + block.attn.out(attended)
+            x = x + block.mlp(block.ln2(x))
         else:
             x = x + block.attn.out(attended)
             x = x + block.mlp(x)
     return model.unembed(x)
 
 
-@pytest.mark.parametrize("norm", ["post", "none"])
-def test_readout_equals_full_forward_at_last_position(norm):
+@pytest.mark.parametrize("norm", ["post", "pre", "none"])
+@pytest.mark.parametrize("p, d_model, table", [(13, 16, False), (31, 64, True)])
+def test_readout_equals_full_forward_at_last_position(norm, p, d_model, table):
+    """The model's shortcuts (the last position only; the first block's projections looked up
+    per (token, position) for the larger model) give the outputs and gradients of the network
+    run on every position."""
     torch.manual_seed(0)
-    task = AlgorithmicTask(op="x+y", p=13)
-    model = Transformer(n_layers=2, d_model=16, n_heads=2, d_mlp=32, norm=norm).build(task.model_dims())
+    task = AlgorithmicTask(op="x+y", p=p)
+    model = Transformer(n_layers=2, d_model=d_model, n_heads=2, d_mlp=32, norm=norm).build(task.model_dims())
     tokens, _ = task.examples()
-    expected = full_forward(model, tokens)[:, -1]
-    assert torch.allclose(model(tokens), expected, atol=1e-5)
+    positions = model.pos.weight[: tokens.shape[1]]
+    assert (model.first_qkv(tokens, positions) is not None) == table
+    out, expected = model(tokens), full_forward(model, tokens)[:, -1]
+    assert torch.allclose(out, expected, atol=1e-5)
+    params = list(model.parameters())
+    grads = torch.autograd.grad(out.square().sum(), params)
+    expected_grads = torch.autograd.grad(expected.square().sum(), params)
+    for g, e in zip(grads, expected_grads):
+        assert torch.allclose(g, e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
 
 
 def test_causal_mask_earlier_positions_ignore_later_tokens():
