@@ -1,11 +1,15 @@
-"""The transformer: parameter count by hand, and the last-position shortcut is exact."""
+"""The transformer: parameter count by hand, and its shortcuts (last position only, the first
+block's projections looked up per token and position) are exact."""
 
 import math
 
 import pytest
 import torch
 
+from torch.func import functional_call, stack_module_state, vmap
+
 from grokcore import AlgorithmicTask, ConfigError, SumEmbeddingMLP, Transformer
+from grokcore.models.transformer import sinusoidal_positions
 
 
 def power_parameter_count(vocab, seq_len, d, layers, d_mlp):
@@ -29,7 +33,9 @@ def test_power_model_has_about_4e5_parameters():
 
 def full_forward(model, tokens):
     """The network run on every position, written out without the last-only shortcut."""
-    x = model.embed(tokens) + model.pos.weight[: tokens.shape[1]]
+    T, D = tokens.shape[1], model.cfg.d_model
+    learned = model.cfg.positions == "learned"
+    x = model.embed(tokens) + (model.pos.weight[:T] if learned else sinusoidal_positions(T, D, "cpu"))
     for block in model.blocks:
         T = x.shape[1]
         q, k, v = block.attn.qkv(block.ln1(x) if block.norm == "pre" else x).split(x.shape[-1], dim=-1)
@@ -51,17 +57,18 @@ def full_forward(model, tokens):
 
 
 @pytest.mark.parametrize("norm", ["post", "pre", "none"])
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
 @pytest.mark.parametrize("p, d_model, table", [(13, 16, False), (31, 64, True)])
-def test_readout_equals_full_forward_at_last_position(norm, p, d_model, table):
+def test_readout_equals_full_forward_at_last_position(norm, positions, p, d_model, table):
     """The model's shortcuts (the last position only; the first block's projections looked up
     per (token, position) for the larger model) give the outputs and gradients of the network
     run on every position."""
     torch.manual_seed(0)
     task = AlgorithmicTask(op="x+y", p=p)
-    model = Transformer(n_layers=2, d_model=d_model, n_heads=2, d_mlp=32, norm=norm).build(task.model_dims())
+    cfg = Transformer(n_layers=2, d_model=d_model, n_heads=2, d_mlp=32, norm=norm, positions=positions)
+    model = cfg.build(task.model_dims())
     tokens, _ = task.examples()
-    positions = model.pos.weight[: tokens.shape[1]]
-    assert (model.first_qkv(tokens, positions) is not None) == table
+    assert (model.first_qkv(tokens, model.position_code(tokens.shape[1])) is not None) == table
     out, expected = model(tokens), full_forward(model, tokens)[:, -1]
     assert torch.allclose(out, expected, atol=1e-5)
     params = list(model.parameters())
@@ -69,6 +76,26 @@ def test_readout_equals_full_forward_at_last_position(norm, p, d_model, table):
     expected_grads = torch.autograd.grad(expected.square().sum(), params)
     for g, e in zip(grads, expected_grads):
         assert torch.allclose(g, e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
+
+
+def test_looked_up_projections_under_vmap_equal_each_member_alone():
+    """Members stacked and run through vmap, as the trainer runs them, on the table path."""
+    torch.manual_seed(0)
+    task = AlgorithmicTask(op="x+y", p=31)
+    cfg = Transformer(n_layers=1, d_model=64, n_heads=2, d_mlp=32, norm="pre")
+    members = [cfg.build(task.model_dims()) for _ in range(2)]
+    tokens, _ = task.examples()
+    assert members[0].first_qkv(tokens, members[0].position_code(tokens.shape[1])) is not None
+    params, _ = stack_module_state(members)
+    base = cfg.build(task.model_dims()).to("meta")
+    out = vmap(lambda w: functional_call(base, w, (tokens,)))(params)
+    grads = torch.autograd.grad(out.square().sum(), list(params.values()))
+    for k, member in enumerate(members):
+        alone = member(tokens)
+        assert torch.allclose(out[k], alone, atol=1e-5)
+        expected = torch.autograd.grad(alone.square().sum(), list(member.parameters()))
+        for g, e in zip(grads, expected):
+            assert torch.allclose(g[k], e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
 
 
 def test_causal_mask_earlier_positions_ignore_later_tokens():

@@ -101,7 +101,7 @@ class Block(nn.Module):
         """``last_only``: return the last position only (all the readout needs). ``qkv``: the
         attention's projections of ``attention_input(x)``, where the caller has them already."""
         skip = x[:, -1:] if last_only else x
-        x = skip + self.attn(self.attention_input(x), last_only, qkv)
+        x = skip + self.attn(self.attention_input(x) if qkv is None else x, last_only, qkv)
         if self.norm == "post":
             x = self.ln1(x)
             return self.ln2(x + self.mlp(x))
@@ -155,7 +155,9 @@ class TransformerModel(nn.Module):
         return nn.functional.embedding(index + lane * table.shape[0], table.repeat(lanes, 1))
 
     def position_code(self, T: int) -> Tensor:
-        return self.pos.weight[:T] if self.cfg.positions == "learned" else sinusoidal_positions(T, self.cfg.d_model, self.embed.weight.device)
+        if self.cfg.positions == "learned":
+            return self.pos.weight[:T]
+        return sinusoidal_positions(T, self.cfg.d_model, self.embed.weight.device)
 
     def first_qkv(self, tokens: Tensor, positions: Tensor) -> Tensor | None:
         """The first block's attention projections, looked up rather than multiplied out.
