@@ -165,13 +165,14 @@ class TransformerModel(nn.Module):
         The first block sees nothing but a token's embedding plus its position's code, so its
         projections take one of vocab x T values. On the CPU, where a step's time is its
         arithmetic, they are computed once per (token, position) and gathered, and so are
-        their gradients, when that saves at least 2^24 multiply-adds: on 2 cores, Nanda et
-        al.'s full-batch step took 40 ms instead of 60, Power et al.'s 29.8 instead of 32.3;
-        a 1x32 model with batch 64, below the bar, would have lost 5%. On an H100, where small
-        products cost their launches, it saved nothing compiled and cost 10% uncompiled. None
-        where the projections are multiplied out."""
+        their gradients, when that saves at least 2^23 multiply-adds in the forward. On 2
+        cores, Nanda et al.'s full-batch step took 40 ms instead of 60, and Power et al.'s
+        29.8 instead of 32.3; around 5e6 saved the two ways were within 2% of each other, and
+        a 1x32 model with batch 64 (5e5) would have lost 5%. On an H100, where small products
+        cost their launches, it saved nothing compiled and cost 10% uncompiled. None where the
+        projections are multiplied out."""
         V, (B, T), D = self.embed.num_embeddings, tokens.shape, self.cfg.d_model
-        if tokens.device.type != "cpu" or (B - V) * T * 3 * D * D < 2**24:
+        if tokens.device.type != "cpu" or (B - V) * T * 3 * D * D < 2**23:
             return None
         block = self.blocks[0]
         inputs = block.attention_input(self.embed.weight[:, None] + positions)  # (V, T, d_model)
