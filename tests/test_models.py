@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-
 from torch.func import functional_call, stack_module_state, vmap
 
 from grokcore import AlgorithmicTask, ConfigError, SumEmbeddingMLP, Transformer

@@ -58,7 +58,8 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, last_only: bool = False, qkv: Tensor | None = None) -> Tensor:
         """Causal self-attention; with ``last_only`` only the last position queries.
-        ``qkv``: ``self.qkv(x)``, where the caller has it already."""
+        ``qkv``: the projections, where the caller has them already (``x`` then gives only
+        the shape and device)."""
         B, T, D = x.shape
         H = self.n_heads
         qkv = self.qkv(x) if qkv is None else qkv
