@@ -128,3 +128,6 @@ def test_progress_measures_of_a_member_equal_those_of_its_seed_trained_alone(tmp
     assert {0, 10, 20, 30} <= set(expected.step)
     for column in expected.columns.drop("step"):
         assert measured[column].tolist() == pytest.approx(expected[column].tolist(), rel=1e-4), column
+    # Each row reads its own checkpoint: the weights' norm is the one training logged at that step.
+    logged = together.history.query("member == 1").set_index("step").weight_norm
+    assert measured.sum_sq_weights.pow(0.5).tolist() == pytest.approx(logged[measured.step].tolist(), rel=1e-5)

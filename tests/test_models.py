@@ -98,23 +98,37 @@ def test_looked_up_projections_under_vmap_equal_each_member_alone():
 
 
 def test_causal_mask_earlier_positions_ignore_later_tokens():
+    """The library's block, at every position: position t reads only positions 0..t."""
     torch.manual_seed(0)
-    task = AlgorithmicTask(op="x+y", p=13)
-    model = Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=32).build(task.model_dims())
-    tokens, _ = task.examples()
-    changed = tokens.clone()
-    changed[:, -1] = 0  # change the last token only
-    assert torch.allclose(full_forward(model, tokens)[:, :-1], full_forward(model, changed)[:, :-1])
+    block = Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=32).build({"vocab_size": 5, "seq_len": 4, "n_outputs": 5}).blocks[0]
+    x = torch.randn(8, 4, 16)
+    changed = x.clone()
+    changed[:, -1] = torch.randn(8, 16)  # change the last position only
+    before, after = block(x), block(changed)
+    assert torch.equal(before[:, :-1], after[:, :-1])
+    assert not torch.allclose(before[:, -1], after[:, -1])  # the change does reach its own position
+    # Position 0 attends to itself alone, with weight 1: its output is the projection of its value.
+    v0 = block.attn.qkv(x[:, 0]).split(16, dim=-1)[2]
+    assert torch.allclose(block.attn(x)[:, 0], block.attn.out(v0), atol=1e-6)
 
 
 def test_nanda_init_scales():
+    """Nanda et al.'s rule: every weight matrix N(0, 1/d_model), the unembedding N(0, 1/d_vocab),
+    biases 0."""
     torch.manual_seed(0)
     task = AlgorithmicTask(op="x+y", p=113, op_token=False)
     cfg = Transformer(n_layers=1, d_model=128, n_heads=4, d_mlp=512, norm="none", mlp_bias=True, init="nanda")
     model = cfg.build(task.model_dims())
-    assert abs(model.embed.weight.std().item() - 1 / math.sqrt(128)) < 0.005
-    assert abs(model.unembed.weight.std().item() - 1 / math.sqrt(114)) < 0.005
-    assert model.blocks[0].mlp.inp.bias.abs().sum() == 0
+    matrices = {name: w for name, w in model.named_parameters() if w.dim() >= 2}
+    assert set(matrices) == {"embed.weight", "pos.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.out.weight",
+                             "blocks.0.mlp.inp.weight", "blocks.0.mlp.out.weight", "unembed.weight"}
+    for name, w in matrices.items():
+        expected = 1 / math.sqrt(114 if name == "unembed.weight" else 128)  # 113 residues and "="
+        # five standard errors of a sample standard deviation, std / sqrt(2 n)
+        assert w.std().item() == pytest.approx(expected, rel=5 / math.sqrt(2 * w.numel())), name
+        assert abs(w.mean().item()) < 5 * expected / math.sqrt(w.numel()), name
+    biases = [b for name, b in model.named_parameters() if name.endswith("bias")]
+    assert len(biases) == 2 and all(b.abs().sum() == 0 for b in biases)  # the MLP's two
 
 
 def test_heads_must_divide_width():
