@@ -1,12 +1,14 @@
 """Every operation table against plain Python arithmetic; splits."""
 
 import itertools
+import math
 
 import pytest
 import torch
 
 from grokcore import AlgorithmicTask, ConfigError, ToyAddition
 from grokcore.tasks.algorithmic import OPS, PERM_OPS
+from grokcore.tasks.base import example_loss
 
 P = 11
 
@@ -78,9 +80,25 @@ def test_permutation_tables_match_itertools(op, n):
         assert perms[k] == PERM_PLAIN[op](perms[i], perms[j])
 
 
+def cycle_type(perm: tuple) -> list[int]:
+    """The sorted lengths of a permutation's cycles."""
+    seen, lengths = set(), []
+    for start in range(len(perm)):
+        length, i = 0, start
+        while i not in seen:
+            seen.add(i)
+            i, length = perm[i], length + 1
+        if length:
+            lengths.append(length)
+    return sorted(lengths)
+
+
 def test_s5_group_facts():
-    # x.y.x^-1 is a conjugate of y: same cycle type; x.y with x = identity is y.
+    """Facts of S5 that hold whichever way round composition is written: x.y.x^-1, a conjugate
+    of y, has y's cycle type; x.y with x the identity is y."""
     perms = list(itertools.permutations(range(5)))
+    rows, answers = decode(AlgorithmicTask(op="x.y.x^-1"))
+    assert all(cycle_type(perms[k]) == cycle_type(perms[j]) for (_, _, j, _), k in zip(rows, answers))
     rows, answers = decode(AlgorithmicTask(op="x.y"))
     identity = perms.index(tuple(range(5)))
     assert all(k == j for (i, _, j, _), k in zip(rows, answers) if i == identity)
@@ -146,3 +164,15 @@ def test_toy_addition_refuses_splits_that_miss_a_sum(kwargs):
     # 19 sums at p = 10 need 19 of the 55 training pairs; at p = 4, 7 of 10.
     with pytest.raises(ConfigError, match=r"^(p|train_fraction) = "):
         ToyAddition(**kwargs)
+
+
+def test_losses_match_their_formulas_by_hand():
+    """Cross entropy is -log softmax at the target; mse is the mean over the C outputs of the
+    squared distance to the one-hot target (Omnigrok's nn.MSELoss on one-hot labels)."""
+    outputs = [[0.5, -1.0, 2.0, 0.0], [3.0, 0.25, -0.5, 1.0]]
+    targets = [2, 1]
+    mse = [sum((o - (c == t)) ** 2 for c, o in enumerate(row)) / len(row) for row, t in zip(outputs, targets)]
+    ce = [math.log(sum(math.exp(o) for o in row)) - row[t] for row, t in zip(outputs, targets)]
+    for loss, expected in (("mse", mse), ("cross_entropy", ce)):
+        got = example_loss(loss, torch.tensor(outputs), torch.tensor(targets))
+        assert got.tolist() == pytest.approx(expected, rel=1e-6), loss
