@@ -4,6 +4,7 @@ ensemble member's measures against a run of its seed alone."""
 import math
 import random
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,3 +132,25 @@ def test_progress_measures_of_a_member_equal_those_of_its_seed_trained_alone(tmp
     # Each row reads its own checkpoint: the weights' norm is the one training logged at that step.
     logged = together.history.query("member == 1").set_index("step").weight_norm
     assert measured.sum_sq_weights.pow(0.5).tolist() == pytest.approx(logged[measured.step].tolist(), rel=1e-5)
+
+
+def test_phases_are_located_from_the_measures():
+    """Nanda et al.'s phase boundaries on measures written by hand: memorisation ends at the
+    excluded loss's minimum (300); circuit formation when the validation loss falls below half
+    its value there (first at 600); clean-up once the embedding's Gini coefficient has made 90%
+    of its rise after that (0.2 -> 1.0: first at least 0.92 at 900)."""
+    steps = list(range(0, 1001, 100))
+    measures = pd.DataFrame(
+        {
+            "step": steps,
+            "excluded_loss": [5.0, 3.0, 2.0, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+            "gini_embedding": [0.1] * 6 + [0.2, 0.4, 0.7, 0.95, 1.0],
+        }
+    )
+    fine = list(range(0, 1001, 50))
+    val_loss = [4.0 if s <= 400 else 2.5 if s < 600 else 0.1 for s in fine]
+    history = pd.DataFrame({"step": fine, "val_loss": val_loss})
+    assert fourier.phases(history, measures) == {"memorisation_end": 300, "circuit_formation_end": 600, "cleanup_end": 900}
+    # A run that never generalises has no circuit-formation or clean-up boundary.
+    stuck = fourier.phases(history.assign(val_loss=4.0), measures)
+    assert stuck["memorisation_end"] == 300 and math.isnan(stuck["circuit_formation_end"]) and math.isnan(stuck["cleanup_end"])

@@ -1,6 +1,7 @@
 """The training loop against plain PyTorch, the run store, and resume."""
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -15,6 +16,7 @@ from grokcore.train import (
     MALLOC_ENV,
     Trainer,
     build_member,
+    checkpoint_schedule,
     compile_metrics_pays_off,
     compile_pays_off,
     cpu_chunk_size,
@@ -197,6 +199,18 @@ def test_schedules_are_log_spaced_and_dense_early():
     assert steps[:5] == [0, 1, 2, 3, 4]  # dense early: every one of the first steps
     ratios = [b / a for a, b in zip(steps[10:], steps[11:])]
     assert max(ratios) / min(ratios) < 1.5
+
+
+def test_checkpoints_are_evaluations_nearest_to_log_spaced_steps():
+    """Every checkpoint has metrics (it is an evaluation step): for each log-spaced target, the
+    evaluation nearest to it on a log scale, plus every ``checkpoint_every`` steps."""
+    config = small_config(steps=1000, eval_points=20, checkpoints=6, checkpoint_every=250)
+    evals = eval_schedule(config)
+    checkpoints = checkpoint_schedule(config, evals)
+    assert set(checkpoints) <= set(evals)
+    assert {0, 250, 500, 750, 1000} <= set(checkpoints)
+    nearest = {min(evals, key=lambda e: abs(math.log1p(e) - math.log1p(w))) for w in log_steps(1000, 6)}
+    assert set(checkpoints) == nearest | {0, 250, 500, 750, 1000}
 
 
 def test_finished_run_is_loaded_not_retrained(tmp_path, monkeypatch):

@@ -1,0 +1,38 @@
+"""Measures read off a history (grokcore.measures.curves), on histories written by hand."""
+
+import math
+
+import pandas as pd
+
+from grokcore.measures import grokking_delays, loss_spikes
+
+
+def history(rows: dict[int, list[tuple]]) -> pd.DataFrame:
+    """{member: [(step, train_acc, val_acc, train_loss), ...]} as a history frame."""
+    return pd.DataFrame(
+        [dict(member=m, seed=m, step=s, train_acc=a, val_acc=v, train_loss=loss) for m, r in rows.items() for s, a, v, loss in r]
+    )
+
+
+def test_grokking_delays_read_the_first_crossings():
+    h = history(
+        {
+            0: [(0, 0.1, 0.0, 2.0), (100, 0.995, 0.2, 0.1), (200, 1.0, 0.5, 0.01), (900, 1.0, 0.99, 0.0)],
+            1: [(0, 0.1, 0.0, 2.0), (100, 0.5, 0.2, 1.0), (300, 0.99, 0.98, 0.1), (500, 1.0, 0.97, 0.1)],
+        }
+    )
+    delays = grokking_delays(h).set_index("member")
+    assert delays.loc[0, ["train_step", "val_step", "delay", "budget"]].tolist() == [100, 900, 9.0, 900]
+    assert delays.loc[1, "train_step"] == 300 and math.isnan(delays.loc[1, "val_step"])  # 0.98 < 0.99
+    assert delays.loc[1, "budget"] == 500
+    assert delays.loc[1, "seed"] == 1
+
+
+def test_loss_spikes_are_jumps_from_a_tiny_loss():
+    """Thilak et al.'s slingshot: a jump of more than 100x from below 1e-5, per member."""
+    losses = {0: [1.0, 1e-3, 1e-6, 1e-3, 1e-7, 1e-7, 0.5], 1: [1.0, 1e-4, 1.0, 1e-6, 5e-5]}
+    h = history({m: [(10 * i, 1.0, 1.0, loss) for i, loss in enumerate(v)] for m, v in losses.items()})
+    expected = [(0, 30), (0, 60)]  # 1e-4 -> 1.0 starts too high; 1e-6 -> 5e-5 is only 50x
+    assert list(loss_spikes(h).itertuples(index=False, name=None)) == expected
+    assert list(loss_spikes(h, factor=10).itertuples(index=False, name=None)) == [(0, 30), (0, 60), (1, 40)]
+    assert loss_spikes(h.sample(frac=1, random_state=0)).values.tolist() == [list(e) for e in expected]  # any row order
