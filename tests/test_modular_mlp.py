@@ -1,9 +1,14 @@
-"""The quadratic MLP and the closed-form solutions of Gromov 2023 / Doshi et al. 2024."""
+"""The quadratic MLP and the closed-form solutions of Gromov 2023 / Doshi et al. 2024, and the
+per-neuron frequency/phase read-out (``wave_phases``, ``neuron_phases``) checked against waves
+written out with math.cos."""
+
+import math
 
 import pytest
 import torch
 
 import grokcore as gc
+from grokcore.measures.fourier import neuron_phases, wave_phases
 from grokcore.models import ModularMLP, solution_accuracy, solution_for
 from grokcore.models.modular_mlp import primitive_root
 
@@ -46,13 +51,100 @@ def test_primitive_root_generates_the_group(p):
     assert sorted(pow(g, e, p) for e in range(p - 1)) == list(range(1, p))
 
 
-def test_trained_phases_of_the_analytic_solution_sum():
-    """The phase relation the chapter measures holds exactly for the construction."""
-    from grokcore.measures.fourier import neuron_phases
+def wrapped(angle):
+    """``angle`` wrapped to [-pi, pi]: phases are equal when this of their difference is 0."""
+    return math.remainder(angle, 2 * math.pi)
 
-    p = 23
-    U, W = solution_for("x+y", p, width=40)
+
+def wave(p, terms, const=0.0):
+    """The column const + sum of A cos(2 pi k x / p + phase) over (A, k, phase), x = 0..p-1."""
+    return [const + sum(A * math.cos(2 * math.pi * k * x / p + phase) for A, k, phase in terms) for x in range(p)]
+
+
+def columns(waves):
+    return torch.tensor(waves, dtype=torch.float64).T  # (p, n): one wave per column
+
+
+def test_wave_phases_reads_frequency_phase_and_share_of_pure_waves():
+    p = 13  # frequencies 1..6
+    # Every frequency, phases over (-pi, pi] (pi itself included), a constant offset on some:
+    # the offset is not a frequency and must not lower the share.
+    planted = [(1, 0.3), (2, -2.5), (3, math.pi), (4, 1.7), (5, -0.05), (6, 2.9), (2, 0.0)]
+    waves = [wave(p, [(0.5 + j, k, phase)], const=0.4 * j) for j, (k, phase) in enumerate(planted)]
+    freq, share, phase = wave_phases(columns(waves), p)
+    assert freq.tolist() == [k for k, _ in planted]
+    for j, (_, expected) in enumerate(planted):
+        assert abs(wrapped(phase[j].item() - expected)) < 1e-4, (j, phase[j].item(), expected)
+    assert share.tolist() == pytest.approx([1.0] * len(planted), abs=1e-5)
+
+
+def test_wave_phases_share_of_a_mixture_is_the_dominant_energy_fraction():
+    p = 17
+    # A cosine of amplitude A carries A^2 p / 2 of a column's energy about its mean, so the
+    # dominant wave's share is A1^2 / (A1^2 + A2^2); the constant is removed with the mean.
+    mixes = [((2.0, 3, 0.4), (1.0, 5, -1.1), 0.7), ((1.5, 8, -2.0), (1.2, 1, 2.2), -3.0)]
+    waves = [wave(p, [big, small], const) for big, small, const in mixes]
+    freq, share, phase = wave_phases(columns(waves), p)
+    for j, ((A1, k1, phi1), (A2, _, _), _) in enumerate(mixes):
+        assert freq[j].item() == k1
+        assert share[j].item() == pytest.approx(A1**2 / (A1**2 + A2**2), abs=1e-5)
+        # Distinct frequencies are orthogonal over Z_p: the smaller wave leaves the phase alone.
+        assert abs(wrapped(phase[j].item() - phi1)) < 1e-4
+
+
+@pytest.mark.parametrize("p", [11, 23])
+def test_wave_phases_folds_high_frequencies_with_negated_phase(p):
+    # cos(2 pi k x / p + phi) = cos(2 pi (k - p) x / p + phi) = cos(2 pi (p - k) x / p - phi):
+    # frequency k > (p - 1) / 2 is frequency p - k with the phase negated.
+    planted = [((p + 1) // 2, 0.8), (p - 1, -1.3), (p - 2, 2.6)]
+    freq, share, phase = wave_phases(columns([wave(p, [(1.0, k, phi)]) for k, phi in planted]), p)
+    assert freq.tolist() == [p - k for k, _ in planted]
+    for j, (_, phi) in enumerate(planted):
+        assert abs(wrapped(phase[j].item() + phi)) < 1e-4, (j, phase[j].item(), -phi)
+    assert share.tolist() == pytest.approx([1.0] * len(planted), abs=1e-5)
+
+
+def planted_solution(p, width, seed=0):
+    """The frequencies sigma and phases psi_1, psi_2 that ``analytic_solution`` plants, drawn
+    from the same generator calls in the same order (its docstring: sigma a permutation of
+    1..N taken mod p, psi uniform in (-pi, pi))."""
+    g = torch.Generator().manual_seed(seed)
+    sigma = [(int(s) + 1) % p for s in torch.randperm(width, generator=g)]
+    psi = (torch.rand(2, width, generator=g, dtype=torch.float64) * 2 - 1) * math.pi
+    return sigma, psi[0].tolist(), psi[1].tolist()
+
+
+def test_neuron_phases_recover_the_planted_analytic_solution():
+    """Gromov 2023, eqs. 8-12: neuron k of the construction is a cosine at frequency sigma_k
+    with phases psi_1, psi_2 on its inputs and psi_1 + psi_2 on its output."""
+    p, width = 23, 40  # sigma runs over 1..40 mod 23: frequencies above (p - 1) / 2 and one 0
+    U, W = solution_for("x+y", p, width=width)
+    sigma, psi1, psi2 = planted_solution(p, width)
+    A = (2 / width) ** (1 / 3)
+    # The planted values are the construction's: rebuild every weight from them with math.cos.
+    for j in range(width):
+        for i in range(p):
+            for s, psi in enumerate((psi1, psi2)):
+                assert U[s, i, j].item() == pytest.approx(A * math.cos(2 * math.pi * sigma[j] * i / p + psi[j]), abs=1e-5)
+            assert W[j, i].item() == pytest.approx(
+                A * math.cos(2 * math.pi * sigma[j] * i / p + psi1[j] + psi2[j]), abs=1e-5
+            )
+
+    # sigma = 0 (neuron with sigma = p before the mod) makes constant weights: no frequency, no phase.
+    constant = [j for j in range(width) if sigma[j] == 0]
+    assert len(constant) == 1
+    cosines = [j for j in range(width) if j not in constant]
+    assert any(sigma[j] > (p - 1) // 2 for j in cosines) and any(sigma[j] <= (p - 1) // 2 for j in cosines)
+
     frame = neuron_phases(U, W, p)
-    nonzero = frame["freq_in1"] > 0
-    assert (frame.loc[nonzero, "phase_sum_error"].abs() < 1e-3).mean() > 0.9
-    assert (frame["freq_in1"] == frame["freq_out"]).all()
+    for j in cosines:
+        # Frequencies above (p - 1) / 2 read as p - sigma with every phase negated.
+        fold = sigma[j] > (p - 1) // 2
+        k, sign = (p - sigma[j], -1) if fold else (sigma[j], 1)
+        row = frame.iloc[j]
+        assert row.freq_in1 == row.freq_in2 == row.freq_out == k, (j, row)
+        # A pure cosine holds all of its vector's energy about the mean.
+        assert [row.share_in1, row.share_in2, row.share_out] == pytest.approx([1, 1, 1], abs=1e-4), (j, row)
+        for name, expected in (("in1", psi1[j]), ("in2", psi2[j]), ("out", psi1[j] + psi2[j])):
+            assert abs(wrapped(row[f"phase_{name}"] - sign * expected)) < 1e-4, (j, name, row)
+        assert abs(row.phase_sum_error) < 1e-4, (j, row)
