@@ -20,9 +20,27 @@ import yaml
 from grokcore import book
 
 
+def _value(text: str):
+    """A parameter's value from the command line, read as YAML, as papermill's -y: "3" is an
+    int, "[0.3, 0.5]" a list. YAML 1.1 reads "1e-3" (no dot) as a string, so strings that
+    Python reads as numbers are taken as numbers, in lists too."""
+    def numbers(value):
+        if isinstance(value, list):
+            return [numbers(v) for v in value]
+        if isinstance(value, dict):
+            return {k: numbers(v) for k, v in value.items()}
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        return value
+
+    return numbers(yaml.safe_load(text))
+
+
 def _overrides(pairs: list[list[str]] | None) -> dict:
-    # Values are read as YAML, as papermill's -y: "3" is an int, "[0.3, 0.5]" a list.
-    return {name: yaml.safe_load(value) for name, value in (pairs or [])}
+    return {name: _value(value) for name, value in (pairs or [])}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,6 +90,9 @@ def test_cli_finds_the_notebooks_repository_from_anywhere(tmp_path, monkeypatch)
     nb = ROOT / "book/power2022/grokking.ipynb"
     assert main(["run", str(nb), "--preset", "ci", "-p", "seeds", "2"]) == 0
     assert calls == [(ROOT, nb, {"seeds": 2})]
+    # YAML 1.1 reads 1e-3 (no dot) as a string; on the command line it is the number.
+    main(["run", str(nb), "-p", "lr", "1e-3", "-p", "fractions", "[0.5, 1e-1]", "-p", "op", "x/y"])
+    assert calls[-1][2] == {"lr": 0.001, "fractions": [0.5, 0.1], "op": "x/y"}
 
 
 def test_cli_refuses_what_it_cannot_run_in_one_line(tmp_path, monkeypatch, capsys):
