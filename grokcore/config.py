@@ -42,15 +42,20 @@ def is_prime(n: int) -> bool:
 
 
 def interval(lo: float | None = None, hi: float | None = None, *, lo_open=False, hi_open=False) -> Check:
+    """Finite numbers between ``lo`` and ``hi`` (None: unbounded). NaN fails every comparison,
+    so it is refused by name, and so are infinities."""
+
     def ok(v):
+        if not math.isfinite(v):
+            return False
         if lo is not None and (v < lo or (lo_open and v == lo)):
             return False
         if hi is not None and (v > hi or (hi_open and v == hi)):
             return False
         return True
 
-    left = "(" if lo_open else "["
-    right = ")" if hi_open else "]"
+    left = "(" if lo_open or lo is None else "["
+    right = ")" if hi_open or hi is None else "]"
     lo_s = "-inf" if lo is None else f"{lo:g}"
     hi_s = "inf" if hi is None else f"{hi:g}"
     return Check(ok, f"a number in {left}{lo_s}, {hi_s}{right}")
@@ -94,7 +99,7 @@ def _type_name(tp) -> str:
         args = typing.get_args(tp)
         inner = _type_name(args[0]) if args else "values"
         return f"a tuple/list of {inner}"
-    if origin is dict:
+    if origin is dict or tp is dict:
         return "a dict"
     if tp is type(None):
         return "None"
@@ -131,7 +136,7 @@ def _coerce(value, tp):
         args = typing.get_args(tp)
         inner = args[0] if args else Any
         return tuple(_coerce(v, inner) for v in value)
-    if origin is dict:
+    if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise TypeError
         return dict(value)
@@ -262,7 +267,8 @@ class AdamW(Spec):
                     f"groups[{prefix!r}] = {overrides!r} is not allowed: must be a dict with keys lr and/or weight_decay"
                 )
             for key, value in overrides.items():
-                if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (key == "lr" and value == 0):
+                number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                if not number or value < 0 or (key == "lr" and value == 0):
                     raise ConfigError(f"groups[{prefix!r}][{key!r}] = {value!r} is not allowed: must be a number > 0 (lr) or >= 0")
         if len(self.betas) != 2:
             raise ConfigError(f"betas = {self.betas!r} is not allowed: must be two numbers in [0, 1)")

@@ -146,6 +146,7 @@ def test_split_is_seeded():
         ({"p": 97.0}, "p"),
         # 0.5% of 7 x 7 = 49 equations rounds down to none.
         ({"p": 7, "train_fraction": 0.005}, "train_fraction"),
+        ({"train_fraction": float("nan")}, "train_fraction"),
     ],
 )
 def test_bad_parameters_name_themselves(kwargs, name):

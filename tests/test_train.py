@@ -4,6 +4,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 
@@ -336,11 +337,31 @@ def test_stop_at_freezes_members(tmp_path):
         ({"optim": gc.Transformer()}, "optim"),
         # 0.1% of the 121 equations of p = 11 is not one equation.
         ({"sweep": {"train_fraction": [0.5, 0.001]}}, "train_fraction"),
+        # NaN fails every comparison, so a range check alone would let it through.
+        ({"sweep": {"lr": [float("nan")]}}, "lr"),
+        ({"stop_at": float("nan")}, "stop_at"),
+        ({"optim": gc.AdamW(), "sweep": {"weight_decay": [float("inf")]}}, "weight_decay"),
+        ({"sweep": [1e-3]}, "sweep"),
     ],
 )
 def test_run_config_rejects_bad_values(changes, name):
     with pytest.raises(gc.ConfigError, match=rf"^{name}"):
         small_config(**changes)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lr": float("nan")}, "lr = nan"),
+        ({"groups": [1]}, "groups = [1]"),
+        ({"groups": {"embed": {"lr": float("nan")}}}, "groups['embed']['lr'] = nan"),
+        ({"groups": {"embed": {"momentum": 0.9}}}, "groups['embed'] = "),
+        ({"betas": (0.9, 1.0)}, "betas = "),
+    ],
+)
+def test_adamw_rejects_bad_values(kwargs, message):
+    with pytest.raises(gc.ConfigError, match="^" + re.escape(message)):
+        gc.AdamW(**kwargs)
 
 
 def test_cpu_chunk_size_bounds_a_chunk_to_2_pow_26_weight_examples():
