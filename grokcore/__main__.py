@@ -11,6 +11,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,11 @@ def _value(text: str):
 
 def _overrides(pairs: list[list[str]] | None) -> dict:
     return {name: _value(value) for name, value in (pairs or [])}
+
+
+def _stopped(stop: book.Terminated) -> int:
+    print(f"stopped by SIGTERM ({stop}); the runs saved their state: the same command resumes them", file=sys.stderr)
+    return 128 + signal.SIGTERM
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,17 +80,25 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "run":
         t0 = time.perf_counter()
-        failure = book.execute(root, nb, args.preset, _overrides(args.parameter), log_output=True)
+        overrides = _overrides(args.parameter)
+        try:
+            failure = book.execute(root, nb, args.preset, overrides, log_output=True)
+        except book.Terminated as stop:
+            return _stopped(stop)
         if failure:
             print(f"FAILED {failure}", file=sys.stderr)
             return 1
-        print(f"ok {nb.relative_to(root)} -> {book.executed_path(root, nb, args.preset).relative_to(root)} ({time.perf_counter() - t0:.0f} s)")
+        out = book.executed_path(root, nb, args.preset, custom=bool(overrides))
+        print(f"ok {nb.relative_to(root)} -> {out.relative_to(root)} ({time.perf_counter() - t0:.0f} s)")
         return 0
 
     failures: list[book.Failure] = []
     if args.action in ("run", "all"):
         t0 = time.perf_counter()
-        failures = book.run_book(args.preset, root, args.only)
+        try:
+            failures = book.run_book(args.preset, root, args.only)
+        except book.Terminated as stop:
+            return _stopped(stop)
         print(f"executed the book at preset {args.preset!r} in {time.perf_counter() - t0:.0f} s")
     if args.action in ("build", "all"):
         index = book.build_html(args.preset, root)

@@ -2,16 +2,21 @@
 
 ``parameters/<chapter>/<notebook>/<preset>.yaml`` holds each preset; the notebook's own
 ``parameters`` cell is the ``ci`` preset. Executed notebooks go to
-``_build/executed/<preset>/book/<chapter>/<notebook>.ipynb``; the book is built from a
-staged copy of the sources in which every notebook is replaced by its executed version.
+``_build/executed/<preset>/book/<chapter>/<notebook>.ipynb``, only once they have run to the
+end (a failed one goes beside it, as ``<notebook>.failed.ipynb``; one run with parameters
+changed on the command line goes to ``_build/executed/<preset>-custom/``). The book is built
+from a staged copy of the sources in which every notebook is replaced by its executed version.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +28,10 @@ PRESETS = ("ci", "cpu", "paper")
 
 class BookError(RuntimeError):
     pass
+
+
+class Terminated(Exception):
+    """SIGTERM arrived while a notebook ran (a SLURM time limit, a pre-emption, ``kill``)."""
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -89,8 +98,42 @@ def preset_parameters(root: Path, notebook: Path, preset: str, overrides: dict |
     return values
 
 
-def executed_path(root: Path, notebook: Path, preset: str) -> Path:
-    return root / "_build" / "executed" / preset / notebook.resolve().relative_to(root)
+def executed_path(root: Path, notebook: Path, preset: str, custom: bool = False) -> Path:
+    """Where ``notebook`` executed at ``preset`` is kept; ``custom``: with parameters changed on
+    the command line, kept apart so that the preset's book never shows them."""
+    folder = f"{preset}-custom" if custom else preset
+    return root / "_build" / "executed" / folder / notebook.resolve().relative_to(root)
+
+
+def failed_path(executed: Path) -> Path:
+    return executed.with_suffix(".failed.ipynb")
+
+
+@contextlib.contextmanager
+def forward_sigterm():
+    """Pass SIGTERM on to the notebook's kernel while it runs; yields a list that holds the
+    signal once one has arrived.
+
+    The kernel runs in a session of its own, so a SLURM time limit or a ``kill`` reaches only
+    this process; the kernel, finding its parent gone, would exit without saving its run.
+    Passed on, the run saves its state (``grokcore.train``) and its cell fails."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # only it may set handlers
+        yield received
+        return
+    import psutil
+
+    def forward(signum, frame):
+        received.append(signum)
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -104,7 +147,8 @@ class Failure:
 
 
 def execute(root: Path, notebook: Path, preset: str, overrides: dict | None = None, log_output: bool = False) -> Failure | None:
-    """Run one notebook at ``preset``; return what failed, or None."""
+    """Run one notebook at ``preset``; return what failed, or None. Raises Terminated, after
+    the kernel has saved its run, if SIGTERM arrives meanwhile."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -113,26 +157,36 @@ def execute(root: Path, notebook: Path, preset: str, overrides: dict | None = No
         params = preset_parameters(root, notebook, preset, overrides)
     except BookError as e:
         return Failure(rel, "parameters", str(e))
-    out = executed_path(root, notebook, preset)
+    out = executed_path(root, notebook, preset, custom=bool(overrides))
     out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial.ipynb")  # papermill writes it cell by cell
     # The kernel inherits these: one run store for the whole book; no per-step bars in pages.
     os.environ.setdefault("GROKCORE_RUNS", str(root / "runs"))
     os.environ.setdefault("GROKCORE_PROGRESS", "0")
-    try:
-        papermill.execute_notebook(
-            str(notebook),
-            str(out),
-            parameters=params,
-            kernel_name="python3",
-            cwd=str(notebook.parent),
-            progress_bar=False,
-            log_output=log_output,
-        )
-    except PapermillExecutionError as e:
-        return Failure(rel, f"cell {e.exec_count}", f"{e.ename}: {e.evalue}")
-    except Exception as e:  # a kernel that died, a timeout: report and go on
-        return Failure(rel, "kernel", f"{type(e).__name__}: {e}")
-    return None
+    failure = None
+    with forward_sigterm() as terminated:
+        try:
+            papermill.execute_notebook(
+                str(notebook),
+                str(partial),
+                parameters=params,
+                kernel_name="python3",
+                cwd=str(notebook.parent),
+                progress_bar=False,
+                log_output=log_output,
+            )
+        except PapermillExecutionError as e:
+            failure = Failure(rel, f"cell {e.exec_count}", f"{e.ename}: {e.evalue}")
+        except Exception as e:  # a kernel that died, a timeout: report and go on
+            failure = Failure(rel, "kernel", f"{type(e).__name__}: {e}")
+    if failure is None:
+        os.replace(partial, out)
+        failed_path(out).unlink(missing_ok=True)
+    elif partial.exists():
+        os.replace(partial, failed_path(out))
+    if terminated:
+        raise Terminated(str(failure or rel))
+    return failure
 
 
 def run_book(preset: str, root: Path | None = None, only: list[str] | None = None) -> list[Failure]:
@@ -169,7 +223,7 @@ def build_html(preset: str, root: Path | None = None) -> Path:
     stage.mkdir(parents=True)
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(root / name, stage / name)
-    missing = []
+    missing, failed = [], []
     for f in toc_files(root):
         for suffix in (".md", ".ipynb"):
             src = root / f"{f}{suffix}"
@@ -179,6 +233,8 @@ def build_html(preset: str, root: Path | None = None) -> Path:
             dst.parent.mkdir(parents=True, exist_ok=True)
             if suffix == ".ipynb":
                 executed = executed_path(root, src, preset)
+                if failed_path(executed).exists():
+                    failed.append(str(src.relative_to(root)))
                 if not executed.exists():
                     missing.append(str(src.relative_to(root)))
                     executed = src
@@ -193,6 +249,11 @@ def build_html(preset: str, root: Path | None = None) -> Path:
             shutil.copy2(asset, dst)
     if missing:
         print(f"warning: not executed at preset {preset!r}, shown without outputs: {', '.join(missing)}")
+    if failed:
+        print(
+            f"warning: failed when last executed at preset {preset!r} (see their .failed.ipynb in "
+            f"_build/executed/{preset}); shown as they last ran to the end, if ever: {', '.join(failed)}"
+        )
     cli = "from jupyter_book.cli.main import main; main()"  # jupyter-book 1.x has no __main__
     cmd = [sys.executable, "-c", cli, "build", str(stage), "--builder", "html"]
     done = subprocess.run(cmd, cwd=root)

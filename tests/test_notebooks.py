@@ -2,9 +2,12 @@
 
 import ast
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,28 +131,71 @@ def test_papermill_stops_at_once_on_an_impossible_value(tmp_path):
     ), "training started before the parameters were checked"
 
 
-def test_book_runner_reports_a_failing_notebook_and_goes_on(tmp_path):
-    """A notebook that raises is reported with its cell and error; the next one still runs."""
+def demo_book(root: Path, notebooks: dict[str, str], preset: str = "x: 2\n") -> None:
+    """A book in ``root`` whose notebooks (name -> code) take one parameter, x."""
     import nbformat
 
-    (tmp_path / "_toc.yml").write_text(
-        "format: jb-book\nroot: intro\nchapters:\n  - file: book/demo/broken\n  - file: book/demo/fine\n"
-    )
-    (tmp_path / "intro.md").write_text("# demo\n")
-    for name, body in [("broken", "raise ValueError('boom ' + str(x))"), ("fine", "y = x + 1")]:
+    chapters = "".join(f"  - file: book/demo/{name}\n" for name in notebooks)
+    (root / "_toc.yml").write_text(f"format: jb-book\nroot: intro\nchapters:\n{chapters}")
+    (root / "intro.md").write_text("# demo\n")
+    for name, body in notebooks.items():
         nb = nbformat.v4.new_notebook()
         params = nbformat.v4.new_code_cell("x = 1")
         params.metadata["tags"] = ["parameters"]
         nb.cells = [params, nbformat.v4.new_code_cell(body)]
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        path = tmp_path / "book" / "demo" / f"{name}.ipynb"
+        path = root / "book" / "demo" / f"{name}.ipynb"
         path.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, path)
-        preset = tmp_path / "parameters" / "demo" / name / "ci.yaml"
-        preset.parent.mkdir(parents=True, exist_ok=True)
-        preset.write_text("x: 2\n")
+        preset_file = root / "parameters" / "demo" / name / "ci.yaml"
+        preset_file.parent.mkdir(parents=True, exist_ok=True)
+        preset_file.write_text(preset)
+
+
+def test_book_runner_reports_a_failing_notebook_and_goes_on(tmp_path):
+    """A notebook that raises is reported with its cell and error, and kept apart from the
+    executed notebooks that the book shows; the next one still runs."""
+    demo_book(tmp_path, {"broken": "raise ValueError('boom ' + str(x))", "fine": "y = x + 1"})
     failures = book.run_book("ci", root=tmp_path)
     assert len(failures) == 1
     assert failures[0].notebook == "book/demo/broken.ipynb"
     assert "ValueError: boom 2" in failures[0].error and failures[0].cell.startswith("cell")
-    assert book.executed_path(tmp_path, tmp_path / "book/demo/fine.ipynb", "ci").exists()
+    executed = {name: book.executed_path(tmp_path, tmp_path / f"book/demo/{name}.ipynb", "ci") for name in ("broken", "fine")}
+    assert executed["fine"].exists() and not book.failed_path(executed["fine"]).exists()
+    assert not executed["broken"].exists() and book.failed_path(executed["broken"]).exists()
+    assert not list((tmp_path / "_build").rglob("*.partial.ipynb"))
+    # Parameters changed on the command line: kept out of the preset's folder.
+    assert book.execute(tmp_path, tmp_path / "book/demo/fine.ipynb", "ci", {"x": 5}) is None
+    assert book.executed_path(tmp_path, tmp_path / "book/demo/fine.ipynb", "ci", custom=True).exists()
+
+
+TRAIN_FOREVER = """
+import grokcore as gc
+config = gc.RunConfig(name="sigterm", task=gc.AlgorithmicTask(op="x+y", p=11), steps=10**7, checkpoints=0,
+                      model=gc.Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=32))
+gc.train(config, progress=False)
+"""
+
+
+def test_sigterm_to_the_cli_saves_the_kernels_run(tmp_path):
+    """A SLURM time limit signals the command, not the kernel (it runs in its own session): the
+    command passes SIGTERM on, the run saves its state, and the command says how to resume."""
+    demo_book(tmp_path, {"train": TRAIN_FOREVER})
+    runs = tmp_path / "runs"
+    env = {**os.environ, "GROKCORE_RUNS": str(runs), "OMP_NUM_THREADS": "1"}
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "grokcore", "run", "book/demo/train.ipynb", "--preset", "ci"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(runs.glob("sigterm-*/config.json")) and time.monotonic() < deadline and cli.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # well inside the training loop
+    cli.send_signal(signal.SIGTERM)
+    _, err = cli.communicate(timeout=120)
+    assert cli.returncode == 128 + signal.SIGTERM, err
+    (run,) = runs.glob("sigterm-*")
+    assert (run / "state.pt").exists() and not (run / "DONE").exists(), err
+    assert "resume" in err
+    executed = book.executed_path(tmp_path, tmp_path / "book/demo/train.ipynb", "ci")
+    assert book.failed_path(executed).exists() and not executed.exists()
