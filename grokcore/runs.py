@@ -158,6 +158,8 @@ class Run:
         step = steps[-1] if step is None else step
         if step not in steps:
             raise ValueError(f"step = {step} has no checkpoint: must be one of {steps}")
+        if not 0 <= member < len(self.members):
+            raise ValueError(f"member = {member} is not allowed: this run has members 0 to {len(self.members) - 1}")
         model = build_member(self.config, self.members[member])
         flat = self.flat_params(step)[member]
         model.load_state_dict(unflatten(flat, model), strict=False)

@@ -292,6 +292,15 @@ def test_checkpoints_restore_the_network(tmp_path):
         acc = (model(inputs[val_idx]).argmax(-1) == targets[val_idx]).float().mean().item()
     last = run.history.iloc[-1]
     assert acc == pytest.approx(last["val_acc"], abs=1e-6)
+    with pytest.raises(ValueError, match=r"^member = 1 is not allowed: this run has members 0 to 0"):
+        run.model(member=1)
+
+
+def test_a_prefix_that_names_no_parameter_stops_before_the_run_folder_exists(tmp_path):
+    config = small_config(track_norms=("unembedding",))
+    with pytest.raises(gc.ConfigError, match="unembedding"):
+        gc.train(config, root=tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())
 
 
 def test_hash_is_stable_and_sensitive():
