@@ -1,4 +1,4 @@
-"""Command line: ``python -m grokcore {book run|book build|book all|run} ...``.
+"""Command line: ``python -m grokcore {book run|book build|book all|run|slurm} ...``.
 
 Examples::
 
@@ -6,6 +6,7 @@ Examples::
     python -m grokcore book build --preset cpu        # HTML from the executed notebooks
     python -m grokcore book all --preset cpu          # both
     python -m grokcore run book/power2022/grokking.ipynb --preset paper -p seeds 3
+    python -m grokcore slurm --preset paper --only power2022   # sbatch a job array, then the build
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from grokcore import book
+from grokcore import book, slurm
 
 
 def _value(text: str):
@@ -63,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--preset", default="cpu", choices=book.PRESETS)
     run_p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), help="override a parameter")
 
+    slurm_p = sub.add_parser("slurm", help="submit the book to SLURM: one array task per notebook, then the HTML build")
+    slurm_p.add_argument("--preset", default="paper", choices=book.PRESETS)
+    slurm_p.add_argument("--only", nargs="+", metavar="KEY", help="submit only notebooks whose path contains one of these")
+    slurm_p.add_argument("--dry-run", action="store_true", help="write the batch scripts and print the sbatch commands; submit nothing")
+    slurm_p.add_argument("--sbatch-arg", action="append", default=[], metavar="OPTION", help="an sbatch option for both jobs, e.g. --sbatch-arg=--partition=gpu (repeatable)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -90,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         out = book.executed_path(root, nb, args.preset, custom=bool(overrides))
         print(f"ok {nb.relative_to(root)} -> {out.relative_to(root)} ({time.perf_counter() - t0:.0f} s)")
+        return 0
+
+    if args.command == "slurm":
+        try:
+            slurm.submit(root, args.preset, args.only, args.sbatch_arg, dry_run=args.dry_run)
+        except slurm.SlurmError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         return 0
 
     failures: list[book.Failure] = []

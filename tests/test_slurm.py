@@ -1,0 +1,201 @@
+"""``python -m grokcore slurm`` against a fake ``sbatch`` that runs the array tasks here.
+
+The project is a small book in tmp_path with the repository's templates; the fake ``sbatch``
+records its arguments, prints a job id and runs each task of the script it is given (as
+SLURM would, with ``SLURM_ARRAY_TASK_ID`` set, in ``--chdir``); the interpreter the scripts
+call is a fake ``python`` that records its arguments instead of executing a notebook.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from grokcore.__main__ import main
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ["book/ch1/alpha.ipynb", "book/ch1/beta.ipynb", "book/ch2/gamma.ipynb"]
+
+FAKE_SBATCH = """\
+#!{python}
+import json, os, re, subprocess, sys
+from pathlib import Path
+
+log = Path(os.environ["FAKE_SLURM_LOG"])
+args = sys.argv[1:]
+with open(log / "sbatch.jsonl", "a") as f:
+    f.write(json.dumps(args) + "\\n")
+if os.environ.get("FAKE_SBATCH_ERROR"):
+    sys.exit("sbatch: error: " + os.environ["FAKE_SBATCH_ERROR"])
+job = str(4242 + sum(1 for _ in open(log / "sbatch.jsonl")) - 1)
+script = Path(args[-1])
+options = dict(re.findall(r"^#SBATCH --([\\w-]+)=(\\S*)", script.read_text(), re.M))
+options.update(a[2:].split("=", 1) for a in args[:-1] if a.startswith("--") and "=" in a)
+if "array" in options:
+    first, last = map(int, options["array"].split("-"))
+    tasks = [dict(SLURM_ARRAY_JOB_ID=job, SLURM_ARRAY_TASK_ID=str(i)) for i in range(first, last + 1)]
+else:
+    tasks = [{{}}]
+for task in tasks:
+    with open(log / "job-output", "a") as out:  # SLURM's --output
+        subprocess.run(["bash", str(script)], cwd=options["chdir"], env={{**os.environ, "SLURM_JOB_ID": job, **task}},
+                       stdout=out, check=True)
+print(job + ";fakecluster" if "--parsable" in args else "Submitted batch job " + job)
+"""
+
+FAKE_PYTHON = """\
+#!/bin/bash
+echo "$PWD|$*" >> "$FAKE_SLURM_LOG/python.log"
+"""
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A three-notebook book with a paper preset for each, a fake sbatch on PATH and a fake python."""
+    root = tmp_path / "project"
+    (root / "book").mkdir(parents=True)
+    (root / "intro.md").write_text("# intro\n")
+    (root / "_toc.yml").write_text(
+        "format: jb-book\nroot: intro\nchapters:\n"
+        + "".join(f"  - file: {nb.removesuffix('.ipynb')}\n" for nb in NOTEBOOKS)
+    )
+    for nb in NOTEBOOKS:
+        (root / nb).parent.mkdir(parents=True, exist_ok=True)
+        (root / nb).write_text("{}")
+        presets = root / "parameters" / Path(nb).relative_to("book").with_suffix("")
+        presets.mkdir(parents=True)
+        for preset in ("ci", "cpu", "paper"):
+            (presets / f"{preset}.yaml").write_text("steps: 10\n")
+    shutil.copytree(REPO / "slurm", root / "slurm")
+
+    log = tmp_path / "log"
+    log.mkdir()
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for path, text in ((bin_ / "sbatch", FAKE_SBATCH.format(python=sys.executable)), (tmp_path / "python", FAKE_PYTHON)):
+        path.write_text(text)
+        path.chmod(0o755)
+    monkeypatch.setenv("FAKE_SLURM_LOG", str(log))
+    monkeypatch.setenv("PATH", f"{bin_}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.chdir(root)
+    return root
+
+
+def submissions(project):
+    path = project.parent / "log" / "sbatch.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def python_calls(project):
+    path = project.parent / "log" / "python.log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_task_i_runs_notebook_i_at_the_preset_then_the_book_is_built(project, capsys):
+    assert main(["slurm", "--preset", "paper"]) == 0
+    runs = [f"{project}|-m grokcore run {nb} --preset paper" for nb in NOTEBOOKS]
+    assert python_calls(project) == runs + [f"{project}|-m grokcore book build --preset paper"]
+
+    array, build = submissions(project)
+    assert "--parsable" in array and "--parsable" in build
+    assert "--dependency=afterany:4242" in build and not any(a.startswith("--dependency") for a in array)
+    out = capsys.readouterr().out
+    assert "4242" in out and "4243" in out and "_build/slurm/logs" in out
+    assert (project / "_build" / "slurm" / "logs").is_dir()  # sbatch does not create it
+
+
+@pytest.mark.parametrize(
+    "only, chosen",
+    [(["ch1"], NOTEBOOKS[:2]), (["gamma", "alpha"], [NOTEBOOKS[0], NOTEBOOKS[2]])],
+)
+def test_only_selects_by_path_in_book_order(project, only, chosen):
+    assert main(["slurm", "--preset", "ci", "--only", *only]) == 0
+    assert python_calls(project)[:-1] == [f"{project}|-m grokcore run {nb} --preset ci" for nb in chosen]
+
+
+def test_sbatch_args_and_template_edits_reach_the_jobs(project):
+    template = project / "slurm" / "notebook_array.sbatch"
+    template.write_text(template.read_text().replace("##SBATCH --partition=gpu", "#SBATCH --partition=edited"))
+    assert main(["slurm", "--sbatch-arg=--account=proj", "--sbatch-arg=--qos=long"]) == 0
+    for args in submissions(project):
+        assert args[-3:-1] == ["--account=proj", "--qos=long"]
+    assert "#SBATCH --partition=edited" in (project / "_build" / "slurm" / "paper.sbatch").read_text()
+
+
+def test_dry_run_writes_the_scripts_and_submits_nothing(project, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(project))  # no sbatch: a dry run does not need it
+    assert main(["slurm", "--preset", "cpu", "--dry-run"]) == 0
+    assert submissions(project) == [] and python_calls(project) == []
+    out = capsys.readouterr().out
+    assert "sbatch _build/slurm/cpu.sbatch" in out
+    assert "sbatch --dependency=afterany:<array job id> _build/slurm/cpu-book.sbatch" in out
+    assert (project / "_build/slurm/cpu.sbatch").exists() and (project / "_build/slurm/cpu-book.sbatch").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--only", "alpha", "delta"], ["'delta'", "matches no notebook", *NOTEBOOKS]),
+        (["--sbatch-arg", "gpu"], ["--sbatch-arg", "'gpu'", "one sbatch option"]),
+        (["--preset", "cpu"], ["book/ch2/gamma.ipynb", "no 'cpu' preset", "parameters/ch2/gamma/cpu.yaml"]),
+        ([], ["sbatch is not on PATH", "--dry-run"]),
+    ],
+    ids=["only", "sbatch-arg", "missing-preset", "no-sbatch"],
+)
+def test_bad_input_stops_before_any_work(project, capsys, monkeypatch, argv, words):
+    (project / "parameters" / "ch2" / "gamma" / "cpu.yaml").unlink()
+    if argv == []:
+        monkeypatch.setenv("PATH", str(project))
+    assert main(["slurm", *argv]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err
+    assert submissions(project) == [] and not (project / "_build").exists()
+
+
+def test_unknown_preset_names_the_allowed_ones(project, capsys):
+    with pytest.raises(SystemExit):
+        main(["slurm", "--preset", "gpu"])
+    err = capsys.readouterr().err
+    assert "--preset" in err and "'gpu'" in err and all(p in err for p in ("ci", "cpu", "paper"))
+
+
+def test_a_refused_submission_says_why_and_submits_no_build(project, capsys, monkeypatch):
+    monkeypatch.setenv("FAKE_SBATCH_ERROR", "invalid partition specified: gpu")
+    assert main(["slurm"]) == 2
+    assert "invalid partition specified: gpu" in capsys.readouterr().err
+    assert len(submissions(project)) == 1
+
+
+def test_sigterm_to_the_batch_shell_reaches_python(project, tmp_path):
+    """--signal=B:TERM signals only the batch shell; the python it runs must get the TERM to save its run."""
+    log = tmp_path / "log"
+    (tmp_path / "python").write_text(textwrap.dedent("""\
+        #!/bin/bash
+        trap 'touch "$FAKE_SLURM_LOG/got-term"; kill $!; exit 0' TERM
+        touch "$FAKE_SLURM_LOG/started"
+        sleep 30 & wait $!
+        """))
+    assert main(["slurm", "--dry-run"]) == 0
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "1"}
+    shell = subprocess.Popen(["bash", "_build/slurm/paper.sbatch"], env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 3
+        while not (log / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (log / "started").exists(), "the script never started python"
+        os.kill(shell.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 2
+        while not (log / "got-term").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (log / "got-term").exists(), "python did not receive the batch shell's SIGTERM"
+    finally:
+        shell.kill()
+        shell.wait()
