@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     book_p = sub.add_parser("book", help="execute and build the whole book")
     book_p.add_argument("action", choices=["run", "build", "all"])
     book_p.add_argument("--preset", default="cpu", choices=book.PRESETS)
-    book_p.add_argument("--only", nargs="*", help="execute only notebooks whose path contains one of these")
+    book_p.add_argument("--only", nargs="+", metavar="KEY", help="execute only notebooks whose path contains one of these")
 
     run_p = sub.add_parser("run", help="execute one notebook at a preset")
     run_p.add_argument("notebook", type=Path)
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "slurm":
         try:
             slurm.submit(root, args.preset, args.only, args.sbatch_arg, dry_run=args.dry_run)
-        except slurm.SlurmError as e:
+        except book.BookError as e:  # SlurmError included
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             failures = book.run_book(args.preset, root, args.only)
         except book.Terminated as stop:
             return _stopped(stop)
+        except book.BookError as e:
+            parser.error(str(e))
         print(f"executed the book at preset {args.preset!r} in {time.perf_counter() - t0:.0f} s")
     if args.action in ("build", "all"):
         index = book.build_html(args.preset, root)

@@ -68,6 +68,24 @@ def notebooks(root: Path) -> list[Path]:
     return [root / f"{f}.ipynb" for f in toc_files(root) if (root / f"{f}.ipynb").exists()]
 
 
+def select(root: Path, only: list[str] | None = None) -> list[Path]:
+    """The book's notebooks whose path contains one of ``only`` (all of them without it), in
+    table-of-contents order.
+
+    A key that matches nothing is an error rather than a smaller selection: it is a typo.
+    """
+    every = notebooks(root)
+    if not only:
+        return every
+    names = [str(nb.relative_to(root)) for nb in every]
+    missing = [key for key in only if not any(key in name for name in names)]
+    if missing:
+        raise BookError(
+            f"--only {', '.join(map(repr, missing))} matches no notebook; the notebooks are: {', '.join(names)}"
+        )
+    return [nb for nb, name in zip(every, names) if any(key in name for key in only)]
+
+
 def preset_file(root: Path, notebook: Path, preset: str) -> Path:
     rel = notebook.resolve().relative_to(root / "book").with_suffix("")
     return root / "parameters" / rel / f"{preset}.yaml"
@@ -194,9 +212,7 @@ def run_book(preset: str, root: Path | None = None, only: list[str] | None = Non
     from tqdm import tqdm
 
     root = root or project_root()
-    todo = notebooks(root)
-    if only:
-        todo = [nb for nb in todo if any(key in str(nb.relative_to(root)) for key in only)]
+    todo = select(root, only)
     failures: list[Failure] = []
     bar = tqdm(todo, desc=f"executing ({preset})", unit="notebook", file=sys.stdout)
     for nb in bar:

@@ -25,23 +25,6 @@ class SlurmError(book.BookError):
     pass
 
 
-def select(root: Path, only: list[str] | None = None) -> list[Path]:
-    """The book's notebooks whose path contains one of ``only`` (all without it), as ``book run --only``.
-
-    A key that matches nothing is an error rather than a smaller array: it is a typo.
-    """
-    every = book.notebooks(root)
-    if not only:
-        return every
-    names = [str(nb.relative_to(root)) for nb in every]
-    missing = [key for key in only if not any(key in name for name in names)]
-    if missing:
-        raise SlurmError(
-            f"--only {', '.join(map(repr, missing))} matches no notebook; the notebooks are: {', '.join(names)}"
-        )
-    return [nb for nb, name in zip(every, names) if any(key in name for key in only)]
-
-
 def render(template: Path, values: dict[str, str]) -> str:
     """The template with every ``{{name}}`` replaced; a name we do not fill is an error, not a silent blank."""
     text = template.read_text()
@@ -80,7 +63,7 @@ def submit(
             raise SlurmError(
                 f"--sbatch-arg = {arg!r} is not allowed: must be one sbatch option, e.g. --sbatch-arg=--partition=gpu"
             )
-    todo = select(root, only)
+    todo = book.select(root, only)
     if not todo:
         raise SlurmError("the book lists no notebook in _toc.yml: nothing to submit")
     for nb in todo:

@@ -114,6 +114,17 @@ def test_cli_refuses_what_it_cannot_run_in_one_line(tmp_path, monkeypatch, capsy
         assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_book_run_refuses_an_only_key_that_matches_no_notebook(monkeypatch, capsys):
+    from grokcore.__main__ import main
+
+    monkeypatch.setattr(book, "execute", lambda *a, **k: pytest.fail("a notebook was executed"))
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as stopped:
+        main(["book", "run", "--only", "power2022", "nanda2O23"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "'nanda2O23' matches no notebook" in err and "book/nanda2023/" in err
+
+
 def test_papermill_stops_at_once_on_an_impossible_value(tmp_path):
     nb = ROOT / "book/power2022/grokking.ipynb"
     done = subprocess.run(
