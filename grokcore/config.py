@@ -176,6 +176,16 @@ class Spec:
         super().__init_subclass__(**kw)
         Spec.registry[cls.__name__] = cls
 
+    def __new__(cls, *args, **kwargs):
+        # Before the dataclass's __init__, whose TypeError for a misspelt name lists nothing.
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [key for key in kwargs if key not in names]
+        if unknown:
+            raise ConfigError(
+                f"{', '.join(map(repr, unknown))} is not a parameter of {cls.__name__}: allowed: {', '.join(names)}"
+            )
+        return super().__new__(cls)
+
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
@@ -183,6 +193,8 @@ class Spec:
             try:
                 value = _coerce(value, hints[f.name])
             except TypeError:
+                if typing.get_origin(hints[f.name]) is Literal:  # a value of the right type, but not one allowed
+                    raise ConfigError(f"{f.name} = {value!r} is not allowed: must be {_type_name(hints[f.name])}") from None
                 raise ConfigError(
                     f"{f.name} = {value!r} has the wrong type: expected {_type_name(hints[f.name])}"
                 ) from None

@@ -85,15 +85,24 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 @contextlib.contextmanager
 def exclusive(path: Path):
-    """Hold the run folder's lock: two processes never train the same run at once."""
+    """Hold the run folder's lock: two processes never train the same run at once. A folder
+    made here that holds nothing but the lock when the body fails (a config that only the
+    network can refuse) is removed, so that a failed start leaves no empty run behind."""
+    made = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".lock", "w") as f:
+    lock = path / ".lock"
+    with open(lock, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RuntimeError(f"another process is training {path} (its lock is held); wait for it or kill it") from None
         try:
             yield
+        except BaseException:
+            if made and [p.name for p in path.iterdir()] == [lock.name]:
+                lock.unlink()
+                path.rmdir()
+            raise
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 

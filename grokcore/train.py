@@ -523,11 +523,9 @@ def train(
     previous_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
-        # Built before the run folder exists: what only the network can check (the parameter
-        # prefixes of groups and track_norms) fails without leaving an empty folder behind.
-        trainer = Trainer(config, dev, cuda_graphs=cuda_graphs, torch_compile=torch_compile)
         with exclusive(path):
             if not (path / "DONE").exists():  # another process may have finished it since our first look
+                trainer = Trainer(config, dev, cuda_graphs=cuda_graphs, torch_compile=torch_compile)
                 _fit(trainer, path, until=until, progress=_progress_enabled(progress), save_every_s=save_every_s)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous_tf32

@@ -154,6 +154,13 @@ def test_bad_parameters_name_themselves(kwargs, name):
         AlgorithmicTask(**kwargs)
 
 
+def test_a_misspelt_or_unknown_value_names_what_is_allowed():
+    with pytest.raises(ConfigError, match=r"^'fraction' is not a parameter of AlgorithmicTask: allowed: op, p, n, train_fraction"):
+        AlgorithmicTask(fraction=0.3)
+    with pytest.raises(ConfigError, match=r"^loss = 'l1' is not allowed: must be one of 'cross_entropy', 'mse'"):
+        AlgorithmicTask(loss="l1")
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_equation_count_is_the_table_length(op):
     task = AlgorithmicTask(op=op, p=7, n=3)

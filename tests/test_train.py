@@ -296,7 +296,7 @@ def test_checkpoints_restore_the_network(tmp_path):
         run.model(member=1)
 
 
-def test_a_prefix_that_names_no_parameter_stops_before_the_run_folder_exists(tmp_path):
+def test_a_prefix_that_names_no_parameter_leaves_no_run_folder(tmp_path):
     config = small_config(track_norms=("unembedding",))
     with pytest.raises(gc.ConfigError, match="unembedding"):
         gc.train(config, root=tmp_path, progress=False)
