@@ -76,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
             # The notebook's repository, wherever the command is run from.
             nb = args.notebook.resolve()
             if not nb.exists():
-                parser.error(f"notebook {args.notebook} does not exist")
+                run_p.error(f"notebook {args.notebook} does not exist")
+            if nb.suffix != ".ipynb":
+                run_p.error(f"{args.notebook} is not a notebook (.ipynb)")
             root = book.project_root(nb.parent)
             if not nb.is_relative_to(root / "book"):
-                parser.error(f"notebook {args.notebook} is not in {root / 'book'}, where the notebooks live")
+                run_p.error(f"notebook {args.notebook} is not in {root / 'book'}, where the notebooks live")
         else:
             root = book.project_root()
     except book.BookError as e:

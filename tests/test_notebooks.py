@@ -103,10 +103,19 @@ def test_cli_refuses_what_it_cannot_run_in_one_line(tmp_path, monkeypatch, capsy
 
     stray = tmp_path / "stray.ipynb"
     stray.write_text((ROOT / "book/power2022/grokking.ipynb").read_text())
+    project = tmp_path / "project"  # a book's repository, and a notebook outside its book/
+    outside = project / "other" / "x.ipynb"
+    outside.parent.mkdir(parents=True)
+    outside.write_text(stray.read_text())
+    (project / "_toc.yml").write_text("root: intro\n")
     monkeypatch.chdir(tmp_path)
     for argv, message in [
         (["run", str(stray)], "no _toc.yml in"),
-        (["run", str(ROOT / "README.md")], "is not in " + str(ROOT / "book")),
+        (["run", str(outside)], "is not in " + str(project / "book")),
+        (["run", str(ROOT / "README.md")], "is not a notebook (.ipynb)"),
+        (["run", str(ROOT / "book/power2022/index.md")], "is not a notebook (.ipynb)"),
+        (["run", str(ROOT / "book/power2022/missing.ipynb")], "does not exist"),
+        (["run", str(ROOT / "book/power2022/missing.ipynb")], "usage: python -m grokcore run"),  # the subcommand's
         (["book", "run"], "no _toc.yml in"),
     ]:
         with pytest.raises(SystemExit) as stopped:

@@ -122,7 +122,10 @@ class AlgorithmicTask(Task):
         frac = self.train_fraction if train_fraction is None else train_fraction
         n_train = int(frac * n)
         if not 1 <= n_train < n:
-            raise ConfigError(f"train_fraction = {frac!r} leaves no training or no validation equations ({n} in all)")
+            raise ConfigError(
+                f"train_fraction = {frac!r} is not allowed here: it leaves no training equations ({n} in all); "
+                f"must be at least 1/{n} = {1 / n:.3g}"
+            )
         return n_train
 
     @property
