@@ -1,5 +1,7 @@
 """Liu et al.'s RQI and phase classification, against hand-built inputs."""
 
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -23,6 +25,64 @@ def test_linear_embedding_has_rqi_one(d):
     a, b = torch.randn(d), torch.randn(d)
     embedding = torch.stack([a + k * b for k in range(10)])
     assert rqi(embedding) == 1.0
+
+
+def test_rqi_ignores_the_embedding_scale_and_offset():
+    # A line plus noise, so that RQI sits strictly between 0 and 1: there a rescaled or shifted
+    # copy would score differently if the embedding were not standardised first.
+    torch.manual_seed(0)
+    a, b = torch.randn(3), torch.randn(3)
+    embedding = torch.stack([a + k * b for k in range(12)]) + 0.5 * torch.randn(12, 3)
+    base = rqi(embedding)
+    assert 0.2 < base < 0.8, base
+    for changed in (100 * embedding, embedding / 100, embedding + 7.0, -3 * embedding - 2.0):
+        assert rqi(changed) == base
+
+
+# Five tokens in 2-D: the x column is linear (6k), only the y column breaks the structure
+# (token 2 lifted by 1, token 4 by 3). The seven parallelograms of p = 5 then miss by (0, g)
+# with g = 1, -1, 3, -1, -2, 2, 4; after standardising, the mean square of (0, g) is
+# g**2 / 2 / 75.6 (75.6 the variance of the ten entries): 0.0066 for |g| = 1, 0.026 for
+# |g| = 2, 0.060 and 0.106 for 3 and 4. Unstandardised, every miss would be at least 0.5.
+HAND_EMBEDDING = [[0, 0], [6, 0], [12, 1], [18, 0], [24, 3]]
+
+
+def brute_force_rqi(rows, delta):
+    flat = [x for row in rows for x in row]
+    mean = sum(flat) / len(flat)
+    std = math.sqrt(sum((x - mean) ** 2 for x in flat) / (len(flat) - 1))
+    e = [[(x - mean) / std for x in row] for row in rows]
+    p, d = len(e), len(e[0])
+    hits = total = 0
+    for i in range(p):
+        for j in range(i + 1, p):
+            for m in range(j, p):
+                for n in range(m + 1, p):
+                    if i + n != j + m:
+                        continue
+                    total += 1
+                    gap = sum((e[i][k] + e[n][k] - e[j][k] - e[m][k]) ** 2 for k in range(d)) / d
+                    hits += gap < delta
+    return hits / total
+
+
+@pytest.mark.parametrize("delta, passing", [(0.003, 0), (0.01, 3), (0.05, 5), (0.08, 6), (0.2, 7)])
+@pytest.mark.parametrize("scale, offset", [(1.0, 0.0), (1e-3, 0.0), (1e3, -50.0)])
+def test_rqi_of_a_hand_built_embedding(delta, passing, scale, offset):
+    expected = passing / 7
+    assert brute_force_rqi(HAND_EMBEDDING, delta) == pytest.approx(expected)
+    embedding = scale * torch.tensor(HAND_EMBEDDING, dtype=torch.float64) + offset
+    assert rqi(embedding, delta) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("spacing", [6, 8])
+def test_rqi_default_delta_is_liu_s(spacing):
+    # Liu et al.'s delta = 0.01 lets through only the three parallelograms that miss by one.
+    # Spacing 6 puts them at 0.0066, spacing 8 puts the misses by two at 0.0147: together
+    # they pin the default between those two.
+    rows = [[spacing * k, y] for k, y in enumerate([0, 0, 1, 0, 3])]
+    assert brute_force_rqi(rows, 0.01) == pytest.approx(3 / 7)
+    assert rqi(torch.tensor(rows, dtype=torch.float32)) == pytest.approx(3 / 7)
 
 
 def test_random_embedding_has_rqi_near_zero():
