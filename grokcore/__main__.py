@@ -12,6 +12,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import time
@@ -88,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
 
     if args.command == "run":
+        # papermill reports each cell and its output as it runs through logging, which says
+        # nothing until it is set up: without this, a SLURM log stays empty for hours.
+        papermill_log = logging.getLogger("papermill")
+        papermill_log.setLevel(logging.INFO)
+        if not papermill_log.handlers:
+            papermill_log.addHandler(logging.StreamHandler(sys.stdout))
+            papermill_log.propagate = False  # a handler on the root logger would print it twice
         t0 = time.perf_counter()
         overrides = _overrides(args.parameter)
         try:

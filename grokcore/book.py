@@ -178,9 +178,10 @@ def execute(root: Path, notebook: Path, preset: str, overrides: dict | None = No
     out = executed_path(root, notebook, preset, custom=bool(overrides))
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial.ipynb")  # papermill writes it cell by cell
-    # The kernel inherits these: one run store for the whole book; no per-step bars in pages.
+    # The kernel inherits these: one run store for the whole book; no per-step bars in pages
+    # (with log_output, a progress line now and then on this command's stderr instead).
     os.environ.setdefault("GROKCORE_RUNS", str(root / "runs"))
-    os.environ.setdefault("GROKCORE_PROGRESS", "0")
+    os.environ.setdefault("GROKCORE_PROGRESS", "log" if log_output else "0")
     failure = None
     with forward_sigterm() as terminated:
         try:
@@ -192,6 +193,10 @@ def execute(root: Path, notebook: Path, preset: str, overrides: dict | None = No
                 cwd=str(notebook.parent),
                 progress_bar=False,
                 log_output=log_output,
+                # Output written below Python's sys.stdout/stderr (C libraries, training's
+                # progress lines in "log" mode) goes to this command's terminal or log, not
+                # into the page.
+                extra_arguments=["--IPKernelApp.capture_fd_output=False"],
             )
         except PapermillExecutionError as e:
             failure = Failure(rel, f"cell {e.exec_count}", f"{e.ename}: {e.evalue}")

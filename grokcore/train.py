@@ -21,6 +21,7 @@ import math
 import os
 import platform
 import signal
+import sys
 import time
 import warnings
 from datetime import datetime, timezone
@@ -487,10 +488,18 @@ class Trainer:
         self.step_count.fill_(state["step"])
 
 
-def _progress_enabled(progress: bool | None) -> bool:
+#: In "log" mode, the least time between two progress lines.
+LOG_EVERY_S = 60.0
+
+
+def _progress_mode(progress: bool | None) -> str:
+    """"bar" (tqdm), "off", or "log": a plain line on the process's own stderr at an
+    evaluation at most every ``LOG_EVERY_S``, for notebooks run headless (a SLURM log), where
+    a cell's output shows only when the cell ends and would put the lines into the page.
+    ``progress`` decides where given; else ``GROKCORE_PROGRESS`` (0, 1 or log; default 1)."""
     if progress is not None:
-        return progress
-    return os.environ.get("GROKCORE_PROGRESS", "1") != "0"
+        return "bar" if progress else "off"
+    return {"0": "off", "log": "log"}.get(os.environ.get("GROKCORE_PROGRESS", "1"), "bar")
 
 
 def train(
@@ -526,13 +535,13 @@ def train(
         with exclusive(path):
             if not (path / "DONE").exists():  # another process may have finished it since our first look
                 trainer = Trainer(config, dev, cuda_graphs=cuda_graphs, torch_compile=torch_compile)
-                _fit(trainer, path, until=until, progress=_progress_enabled(progress), save_every_s=save_every_s)
+                _fit(trainer, path, until=until, progress=_progress_mode(progress), save_every_s=save_every_s)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous_tf32
     return Run(path)
 
 
-def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: bool, save_every_s: float) -> None:
+def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: str, save_every_s: float) -> None:
     config = trainer.config
     K = len(trainer.members)
     evals = eval_schedule(config)
@@ -575,7 +584,8 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: bool, sav
         atomic_torch_save(checkpoint, path / "checkpoints" / f"step_{step:07d}.pt")
 
     bar = None
-    if progress:
+    logged_at = -math.inf
+    if progress == "bar":
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.steps, initial=start_step, desc=config.run_name, unit="step", leave=False)
@@ -611,6 +621,15 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: bool, sav
                         train_acc=f"{metrics[:, 1].mean():.3f}", val_acc=f"{metrics[:, 3].mean():.3f}", refresh=False
                     )
                     bar.refresh()
+                elif progress == "log" and time.perf_counter() - logged_at >= LOG_EVERY_S:
+                    logged_at = time.perf_counter()
+                    log = sys.__stderr__ or sys.stderr  # the process's own: a kernel's goes to the command's log
+                    print(
+                        f"{config.run_name}: step {step:,} of {config.steps:,}, mean of {K} member(s): "
+                        f"train_acc {metrics[:, 1].mean():.3f}, val_acc {metrics[:, 3].mean():.3f} ({elapsed:.0f} s)",
+                        file=log,
+                        flush=True,
+                    )
             if step >= config.steps:
                 break
             if all(s is not None for s in trainer.stopped_at):

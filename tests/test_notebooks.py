@@ -193,7 +193,7 @@ TRAIN_FOREVER = """
 import grokcore as gc
 config = gc.RunConfig(name="sigterm", task=gc.AlgorithmicTask(op="x+y", p=11), steps=10**7, checkpoints=0,
                       model=gc.Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=32))
-gc.train(config, progress=False)
+gc.train(config)
 """
 
 
@@ -202,7 +202,8 @@ def test_sigterm_to_the_cli_saves_the_kernels_run(tmp_path):
     command passes SIGTERM on, the run saves its state, and the command says how to resume."""
     demo_book(tmp_path, {"train": TRAIN_FOREVER})
     runs = tmp_path / "runs"
-    env = {**os.environ, "GROKCORE_RUNS": str(runs), "OMP_NUM_THREADS": "1"}
+    # The command's own default for progress (the test session turns it off).
+    env = {k: v for k, v in os.environ.items() if k != "GROKCORE_PROGRESS"} | {"GROKCORE_RUNS": str(runs), "OMP_NUM_THREADS": "1"}
     cli = subprocess.Popen(
         [sys.executable, "-m", "grokcore", "run", "book/demo/train.ipynb", "--preset", "ci"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -212,10 +213,13 @@ def test_sigterm_to_the_cli_saves_the_kernels_run(tmp_path):
         time.sleep(0.2)
     time.sleep(1.0)  # well inside the training loop
     cli.send_signal(signal.SIGTERM)
-    _, err = cli.communicate(timeout=120)
+    out, err = cli.communicate(timeout=120)
     assert cli.returncode == 128 + signal.SIGTERM, err
+    # While it ran, the log showed the cells and training's progress (kept out of the page).
+    assert "Executing Cell 2" in out and "sigterm-" in err and ": step 0 of 10,000,000" in err
     (run,) = runs.glob("sigterm-*")
     assert (run / "state.pt").exists() and not (run / "DONE").exists(), err
     assert "resume" in err
     executed = book.executed_path(tmp_path, tmp_path / "book/demo/train.ipynb", "ci")
     assert book.failed_path(executed).exists() and not executed.exists()
+    assert "step 0 of" not in book.failed_path(executed).read_text()

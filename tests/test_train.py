@@ -214,6 +214,17 @@ def test_checkpoints_are_evaluations_nearest_to_log_spaced_steps():
     assert set(checkpoints) == nearest | {0, 250, 500, 750, 1000}
 
 
+def test_log_mode_writes_progress_lines_to_the_process_stderr(tmp_path, monkeypatch, capfd):
+    """GROKCORE_PROGRESS=log (what `python -m grokcore run` gives its kernel): plain lines on
+    the process's own stderr, which a notebook's kernel shares with the command's log."""
+    monkeypatch.setenv("GROKCORE_PROGRESS", "log")
+    monkeypatch.setattr(sys.modules["grokcore.train"], "LOG_EVERY_S", 0.0)
+    gc.train(small_config(), root=tmp_path)
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("test-")]
+    assert len(lines) == len(eval_schedule(small_config())), lines  # one per evaluation here
+    assert "step 0 of 30, mean of 1 member(s): train_acc" in lines[0] and "step 30 of 30" in lines[-1]
+
+
 def test_finished_run_is_loaded_not_retrained(tmp_path, monkeypatch):
     config = small_config()
     run = gc.train(config, root=tmp_path, progress=False)
