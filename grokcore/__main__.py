@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 import time
@@ -23,23 +24,19 @@ import yaml
 from grokcore import book, slurm
 
 
-def _value(text: str):
-    """A parameter's value from the command line, read as YAML, as papermill's -y: "3" is an
-    int, "[0.3, 0.5]" a list. YAML 1.1 reads "1e-3" (no dot) as a string, so strings that
-    Python reads as numbers are taken as numbers, in lists too."""
-    def numbers(value):
-        if isinstance(value, list):
-            return [numbers(v) for v in value]
-        if isinstance(value, dict):
-            return {k: numbers(v) for k, v in value.items()}
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        return value
+class _ParameterLoader(yaml.SafeLoader):
+    """YAML as papermill's -y reads it, except that 1e-3 is a number, as in YAML 1.2 (1.1
+    wants a dot: 1.0e-3); quoted, "1e-3" stays a string."""
 
-    return numbers(yaml.safe_load(text))
+
+_ParameterLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def _value(text: str):
+    """A parameter's value from the command line: "3" is an int, "1e-3" a float, "[0.3, 0.5]" a list."""
+    return yaml.load(text, Loader=_ParameterLoader)
 
 
 def _overrides(pairs: list[list[str]] | None) -> dict:
@@ -47,7 +44,7 @@ def _overrides(pairs: list[list[str]] | None) -> dict:
 
 
 def _stopped(stop: book.Terminated) -> int:
-    print(f"stopped by SIGTERM ({stop}); the runs saved their state: the same command resumes them", file=sys.stderr)
+    print(f"stopped by SIGTERM ({stop}); a run that was training saved its state: the same command resumes it", file=sys.stderr)
     return 128 + signal.SIGTERM
 
 

@@ -143,7 +143,10 @@ def forward_sigterm():
 
     def forward(signum, frame):
         received.append(signum)
-        for child in psutil.Process().children():  # the kernel; its own workers are its business
+        kernels = psutil.Process().children()  # the kernel; its own workers are its business
+        if not kernels:  # not started yet (or gone): stop here rather than run the notebook
+            raise Terminated("before the notebook's kernel had started")
+        for child in kernels:
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.send_signal(signal.SIGTERM)
 
@@ -177,7 +180,7 @@ def execute(root: Path, notebook: Path, preset: str, overrides: dict | None = No
         return Failure(rel, "parameters", str(e))
     out = executed_path(root, notebook, preset, custom=bool(overrides))
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(".partial.ipynb")  # papermill writes it cell by cell
+    partial = out.with_suffix(f".{os.getpid()}.partial.ipynb")  # papermill writes it cell by cell
     # The kernel inherits these: one run store for the whole book; no per-step bars in pages
     # (with log_output, a progress line now and then on this command's stderr instead).
     os.environ.setdefault("GROKCORE_RUNS", str(root / "runs"))
@@ -200,8 +203,12 @@ def execute(root: Path, notebook: Path, preset: str, overrides: dict | None = No
             )
         except PapermillExecutionError as e:
             failure = Failure(rel, f"cell {e.exec_count}", f"{e.ename}: {e.evalue}")
-        except Exception as e:  # a kernel that died, a timeout: report and go on
+        except Exception as e:  # a kernel that died, a timeout, SIGTERM before the kernel: report
             failure = Failure(rel, "kernel", f"{type(e).__name__}: {e}")
+        except BaseException:  # Ctrl-C: keep what ran, as a failed notebook
+            if partial.exists():
+                os.replace(partial, failed_path(out))
+            raise
     if failure is None:
         os.replace(partial, out)
         failed_path(out).unlink(missing_ok=True)

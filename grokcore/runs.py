@@ -91,20 +91,24 @@ def exclusive(path: Path):
     made = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     lock = path / ".lock"
-    with open(lock, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"another process is training {path} (its lock is held); wait for it or kill it") from None
-        try:
-            yield
-        except BaseException:
-            if made and [p.name for p in path.iterdir()] == [lock.name]:
+    try:
+        with open(lock, "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                made = False
+                raise RuntimeError(f"another process is training {path} (its lock is held); wait for it or kill it") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    except BaseException:
+        # After unlocking and closing; the body's error, not a clean-up's, is what the caller sees.
+        if made and [p.name for p in path.iterdir()] == [lock.name]:
+            with contextlib.suppress(OSError):
                 lock.unlink()
                 path.rmdir()
-            raise
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        raise
 
 
 def code_version() -> str:

@@ -93,9 +93,9 @@ def test_cli_finds_the_notebooks_repository_from_anywhere(tmp_path, monkeypatch)
     nb = ROOT / "book/power2022/grokking.ipynb"
     assert main(["run", str(nb), "--preset", "ci", "-p", "seeds", "2"]) == 0
     assert calls == [(ROOT, nb, {"seeds": 2})]
-    # YAML 1.1 reads 1e-3 (no dot) as a string; on the command line it is the number.
-    main(["run", str(nb), "-p", "lr", "1e-3", "-p", "fractions", "[0.5, 1e-1]", "-p", "op", "x/y"])
-    assert calls[-1][2] == {"lr": 0.001, "fractions": [0.5, 0.1], "op": "x/y"}
+    # YAML 1.1 reads 1e-3 (no dot) as a string; on the command line it is the number, unless quoted.
+    main(["run", str(nb), "-p", "lr", "1e-3", "-p", "fractions", "[0.5, 1e-1]", "-p", "op", "x/y", "-p", "name", '"2e3"'])
+    assert calls[-1][2] == {"lr": 0.001, "fractions": [0.5, 0.1], "op": "x/y", "name": "2e3"}
 
 
 def test_cli_refuses_what_it_cannot_run_in_one_line(tmp_path, monkeypatch, capsys):
@@ -185,8 +185,30 @@ def test_book_runner_reports_a_failing_notebook_and_goes_on(tmp_path):
     assert not executed["broken"].exists() and book.failed_path(executed["broken"]).exists()
     assert not list((tmp_path / "_build").rglob("*.partial.ipynb"))
     # Parameters changed on the command line: kept out of the preset's folder.
+    before = executed["fine"].read_text()
     assert book.execute(tmp_path, tmp_path / "book/demo/fine.ipynb", "ci", {"x": 5}) is None
     assert book.executed_path(tmp_path, tmp_path / "book/demo/fine.ipynb", "ci", custom=True).exists()
+    assert executed["fine"].read_text() == before
+
+
+def test_sigterm_before_the_kernel_starts_stops_at_once(tmp_path, monkeypatch):
+    """With no kernel yet to pass it to, SIGTERM stops the command instead of being lost while
+    the notebook runs to the end (until SLURM's SIGKILL)."""
+    import papermill
+
+    demo_book(tmp_path, {"slow": "import time\ntime.sleep(60)"})
+    real = papermill.execute_notebook
+
+    def signalled_first(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(papermill, "execute_notebook", signalled_first)
+    t0 = time.monotonic()
+    with pytest.raises(book.Terminated, match="before the notebook's kernel had started"):
+        book.execute(tmp_path, tmp_path / "book/demo/slow.ipynb", "ci")
+    assert time.monotonic() - t0 < 30
+    assert not book.executed_path(tmp_path, tmp_path / "book/demo/slow.ipynb", "ci").exists()
 
 
 TRAIN_FOREVER = """

@@ -314,6 +314,18 @@ def test_a_prefix_that_names_no_parameter_leaves_no_run_folder(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_failed_clean_up_does_not_hide_the_error(tmp_path, monkeypatch):
+    """On NFS an unlinked open file leaves a .nfs file behind and rmdir fails: the caller must
+    still see the config's error, not the clean-up's."""
+
+    def busy(self):
+        raise OSError(39, "Directory not empty")
+
+    monkeypatch.setattr(type(tmp_path), "rmdir", busy)
+    with pytest.raises(gc.ConfigError, match="unembedding"):
+        gc.train(small_config(track_norms=("unembedding",)), root=tmp_path, progress=False)
+
+
 def test_hash_is_stable_and_sensitive():
     a, b = small_config(), small_config()
     assert a.hash() == b.hash()
