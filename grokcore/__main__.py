@@ -43,9 +43,9 @@ def _overrides(pairs: list[list[str]] | None) -> dict:
     return {name: _value(value) for name, value in (pairs or [])}
 
 
-def _stopped(stop: book.Terminated) -> int:
-    print(f"stopped by SIGTERM ({stop}); a run that was training saved its state: the same command resumes it", file=sys.stderr)
-    return 128 + signal.SIGTERM
+def _stopped(why: str, signum: int) -> int:
+    print(f"stopped by {why}; a run that was training saved its state: the same command resumes it", file=sys.stderr)
+    return 128 + signum
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             failure = book.execute(root, nb, args.preset, overrides, log_output=True)
         except book.Terminated as stop:
-            return _stopped(stop)
+            return _stopped(f"SIGTERM ({stop})", signal.SIGTERM)
+        except KeyboardInterrupt:  # papermill has interrupted the kernel, which saves its run
+            return _stopped("Ctrl-C", signal.SIGINT)
         if failure:
             print(f"FAILED {failure}", file=sys.stderr)
             return 1
@@ -120,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             failures = book.run_book(args.preset, root, args.only)
         except book.Terminated as stop:
-            return _stopped(stop)
+            return _stopped(f"SIGTERM ({stop})", signal.SIGTERM)
+        except KeyboardInterrupt:
+            return _stopped("Ctrl-C", signal.SIGINT)
         except book.BookError as e:
             parser.error(str(e))
         print(f"executed the book at preset {args.preset!r} in {time.perf_counter() - t0:.0f} s")

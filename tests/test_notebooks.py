@@ -219,9 +219,11 @@ gc.train(config)
 """
 
 
-def test_sigterm_to_the_cli_saves_the_kernels_run(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_to_the_cli_saves_the_kernels_run(tmp_path, signum):
     """A SLURM time limit signals the command, not the kernel (it runs in its own session): the
-    command passes SIGTERM on, the run saves its state, and the command says how to resume."""
+    command passes SIGTERM on, the run saves its state, and the command says how to resume.
+    Ctrl-C likewise (papermill interrupts the kernel), without a traceback."""
     demo_book(tmp_path, {"train": TRAIN_FOREVER})
     runs = tmp_path / "runs"
     # The command's own default for progress (the test session turns it off).
@@ -234,9 +236,10 @@ def test_sigterm_to_the_cli_saves_the_kernels_run(tmp_path):
     while not list(runs.glob("sigterm-*/config.json")) and time.monotonic() < deadline and cli.poll() is None:
         time.sleep(0.2)
     time.sleep(1.0)  # well inside the training loop
-    cli.send_signal(signal.SIGTERM)
+    cli.send_signal(signum)
     out, err = cli.communicate(timeout=120)
-    assert cli.returncode == 128 + signal.SIGTERM, err
+    assert cli.returncode == 128 + signum, err
+    assert err.strip().splitlines()[-1].startswith("stopped by"), err  # a message, not a traceback
     # While it ran, the log showed the cells and training's progress (kept out of the page).
     assert "Executing Cell 2" in out and "sigterm-" in err and ": step 0 of 10,000,000" in err
     (run,) = runs.glob("sigterm-*")
