@@ -34,6 +34,12 @@ def render(template: Path, values: dict[str, str]) -> str:
     return re.sub(r"{{(\w+)}}", lambda m: values[m.group(1)], text)
 
 
+def sbatch_quote(value: str) -> str:
+    """``value`` as one word of an ``#SBATCH`` line: sbatch reads double quotes and backslash
+    escapes there as a shell would, so a path with spaces stays one argument."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def sbatch(args: list[str]) -> str:
     """Submit with ``sbatch --parsable`` and return the job id (it prints ``id`` or ``id;cluster``)."""
     done = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True)
@@ -79,8 +85,8 @@ def submit(
     logs = out / "logs"
     values = {
         "preset": preset,
-        "root": str(root),
-        "logs": str(logs),
+        "root": sbatch_quote(str(root)),
+        "logs": sbatch_quote(str(logs)),
         "python": shlex.quote(python or sys.executable),
         "last_task": str(len(todo) - 1),
         "notebooks": "\n".join(f"  {shlex.quote(str(nb.relative_to(root)))}" for nb in todo),

@@ -25,7 +25,7 @@ NOTEBOOKS = ["book/ch1/alpha.ipynb", "book/ch1/beta.ipynb", "book/ch2/gamma.ipyn
 
 FAKE_SBATCH = """\
 #!{python}
-import json, os, re, subprocess, sys
+import json, os, shlex, subprocess, sys
 from pathlib import Path
 
 log = Path(os.environ["FAKE_SLURM_LOG"])
@@ -36,7 +36,10 @@ if os.environ.get("FAKE_SBATCH_ERROR"):
     sys.exit("sbatch: error: " + os.environ["FAKE_SBATCH_ERROR"])
 job = str(4242 + sum(1 for _ in open(log / "sbatch.jsonl")) - 1)
 script = Path(args[-1])
-options = dict(re.findall(r"^#SBATCH --([\\w-]+)=(\\S*)", script.read_text(), re.M))
+options = {{}}
+for line in script.read_text().splitlines():  # sbatch splits an #SBATCH line as a shell would
+    if line.startswith("#SBATCH "):
+        options.update(arg[2:].partition("=")[::2] for arg in shlex.split(line[len("#SBATCH "):]))
 options.update(a[2:].split("=", 1) for a in args[:-1] if a.startswith("--") and "=" in a)
 if "array" in options:
     first, last = map(int, options["array"].split("-"))
@@ -57,9 +60,10 @@ echo "$PWD|$*" >> "$FAKE_SLURM_LOG/python.log"
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch):
-    """A three-notebook book with a paper preset for each, a fake sbatch on PATH and a fake python."""
-    root = tmp_path / "project"
+def project(tmp_path, monkeypatch, request):
+    """A three-notebook book with a paper preset for each, a fake sbatch on PATH and a fake python;
+    ``indirect`` parametrisation names the project's folder."""
+    root = tmp_path / getattr(request, "param", "project")
     (root / "book").mkdir(parents=True)
     (root / "intro.md").write_text("# intro\n")
     (root / "_toc.yml").write_text(
@@ -110,6 +114,15 @@ def test_task_i_runs_notebook_i_at_the_preset_then_the_book_is_built(project, ca
     out = capsys.readouterr().out
     assert "4242" in out and "4243" in out and "_build/slurm/logs" in out
     assert (project / "_build" / "slurm" / "logs").is_dir()  # sbatch does not create it
+
+
+@pytest.mark.parametrize("project", ['my "grok" project'], indirect=True)
+def test_a_project_path_with_spaces_and_quotes_reaches_the_jobs(project):
+    assert main(["slurm", "--preset", "ci", "--only", "gamma"]) == 0
+    assert python_calls(project) == [
+        f"{project}|-m grokcore run book/ch2/gamma.ipynb --preset ci",
+        f"{project}|-m grokcore book build --preset ci",
+    ]
 
 
 @pytest.mark.parametrize(
