@@ -10,6 +10,7 @@ from a staged copy of the sources in which every notebook is replaced by its exe
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import shutil
@@ -113,7 +114,19 @@ def preset_parameters(root: Path, notebook: Path, preset: str, overrides: dict |
             f"unknown parameter {', '.join(map(repr, unknown))} for {notebook.relative_to(root)}; "
             f"allowed: {', '.join(declared)}"
         )
+    for name, value in (overrides or {}).items():
+        # "-p steps 1e5" reads as 100000.0: an integer parameter gets the integer it means.
+        if isinstance(value, float) and value.is_integer() and _is_int_literal(declared[name]["default"]):
+            values[name] = int(value)
     return values
+
+
+def _is_int_literal(text: str) -> bool:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return False
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def executed_path(root: Path, notebook: Path, preset: str, custom: bool = False) -> Path:

@@ -84,6 +84,14 @@ def test_unknown_parameter_is_refused_before_execution():
         book.preset_parameters(ROOT, nb, "ci", {"train_fractoin": 0.5})
 
 
+def test_an_integral_float_is_an_integer_where_the_notebook_declares_one():
+    nb = ROOT / "book/nanda2023/progress_measures.ipynb"  # steps = 300, lr = 0.003, weight_decay = 1.0
+    values = book.preset_parameters(ROOT, nb, "ci", {"steps": 1e5, "weight_decay": 2.0, "lr": 1e-3})
+    assert values["steps"] == 100000 and type(values["steps"]) is int
+    assert type(values["weight_decay"]) is float and values["lr"] == 0.001
+    assert book.preset_parameters(ROOT, nb, "ci", {"steps": 2.5})["steps"] == 2.5  # left for the config to refuse
+
+
 def test_cli_finds_the_notebooks_repository_from_anywhere(tmp_path, monkeypatch):
     from grokcore.__main__ import main
 
