@@ -187,28 +187,57 @@ def test_a_refused_submission_says_why_and_submits_no_build(project, capsys, mon
     assert len(submissions(project)) == 1
 
 
-def test_sigterm_to_the_batch_shell_reaches_python(project, tmp_path):
-    """--signal=B:TERM signals only the batch shell; the python it runs must get the TERM to save its run."""
+def start_task(project, tmp_path, restarts: int) -> subprocess.Popen:
+    """Task 1 of the array script, its python a fake that waits for SIGTERM, `scontrol` a fake that logs."""
     log = tmp_path / "log"
     (tmp_path / "python").write_text(textwrap.dedent("""\
         #!/bin/bash
-        trap 'touch "$FAKE_SLURM_LOG/got-term"; kill $!; exit 0' TERM
+        trap 'touch "$FAKE_SLURM_LOG/got-term"; kill $!; exit 143' TERM
         touch "$FAKE_SLURM_LOG/started"
         sleep 30 & wait $!
         """))
+    scontrol = tmp_path / "bin" / "scontrol"
+    scontrol.write_text('#!/bin/bash\necho "$*" >> "$FAKE_SLURM_LOG/scontrol.log"\n')
+    scontrol.chmod(0o755)
     assert main(["slurm", "--dry-run"]) == 0
-    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "1"}
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "1", "SLURM_JOB_ID": "4243", "SLURM_RESTART_COUNT": str(restarts)}
     shell = subprocess.Popen(["bash", "_build/slurm/paper.sbatch"], env=env, stdout=subprocess.DEVNULL)
+    wait_for(log / "started", 3, "the script never started python")
+    return shell
+
+
+def wait_for(path: Path, seconds: float, why: str):
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert path.exists(), why
+
+
+@pytest.mark.parametrize("restarts, requeued", [(0, True), (9, True), (10, False)])
+def test_the_time_limit_warning_saves_the_run_and_requeues_the_task(project, tmp_path, restarts, requeued):
+    """--signal=B:USR1 signals only the batch shell: python must get a SIGTERM to save its run,
+    and the task must go back to the queue (at most 10 times)."""
+    log = tmp_path / "log"
+    shell = start_task(project, tmp_path, restarts)
     try:
-        deadline = time.monotonic() + 3
-        while not (log / "started").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert (log / "started").exists(), "the script never started python"
-        os.kill(shell.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 2
-        while not (log / "got-term").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert (log / "got-term").exists(), "python did not receive the batch shell's SIGTERM"
+        os.kill(shell.pid, signal.SIGUSR1)
+        wait_for(log / "got-term", 2, "python did not get a SIGTERM from the batch shell")
+        shell.wait(timeout=5)
     finally:
         shell.kill()
         shell.wait()
+    requeues = (log / "scontrol.log").read_text().splitlines() if (log / "scontrol.log").exists() else []
+    assert requeues == (["requeue 4243"] if requeued else [])
+
+
+def test_scancel_does_not_requeue(project, tmp_path):
+    """scancel sends SIGTERM (to every process of the job; here to the shell): no requeue."""
+    log = tmp_path / "log"
+    shell = start_task(project, tmp_path, 0)
+    try:
+        os.kill(shell.pid, signal.SIGTERM)
+        shell.wait(timeout=5)
+    finally:
+        shell.kill()
+        shell.wait()
+    assert not (log / "scontrol.log").exists()
