@@ -1,4 +1,4 @@
-"""Command line: ``python -m grokcore {book run|book build|book all|run|slurm} ...``.
+"""Command line: ``python -m grokcore {book run|book build|book all|run|slurm|runs} ...``.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
     python -m grokcore book all --preset cpu          # both
     python -m grokcore run book/power2022/grokking.ipynb --preset paper -p seeds 3
     python -m grokcore slurm --preset paper --only power2022   # sbatch a job array, then the build
+    python -m grokcore runs --markdown > runs.md      # one line per run in the store
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from grokcore import book, slurm
+from grokcore import book, runs, slurm
 
 
 class _ParameterLoader(yaml.SafeLoader):
@@ -48,6 +49,36 @@ def _stopped(why: str, signum: int) -> int:
     return 128 + signum
 
 
+def _runs_table(frame, markdown: bool) -> str:
+    """The run store's summary as text: aligned columns, or a Markdown table."""
+    if frame.empty:
+        return ""
+
+    def cell(row, column):
+        value = row.get(column)
+        if value is None or value != value:  # None or NaN: not known for this run
+            return "-"
+        if column == "step":
+            return f"{int(value):,} / {row['steps']:,}"
+        if column == "reached_99":
+            return f"{int(value)} / {row['members']}"
+        if column in ("train_acc", "val_acc"):
+            return f"{value:.3f}"
+        if column == "wall_s":
+            return f"{value:,.0f}"
+        if column == "created":
+            return str(value)[:16].replace("T", " ")
+        return str(value)
+
+    columns = ["run", "status", "members", "step", "train_acc", "val_acc", "reached_99", "wall_s", "created", "code"]
+    header = ["run", "status", "members", "step", "train acc", "val acc", "val >= 0.99", "wall s", "created (UTC)", "code"]
+    lines = [[cell(row, c) for c in columns] for row in frame.to_dict("records")]
+    if markdown:
+        return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *lines])
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header, *lines])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grokcore", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,7 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     slurm_p.add_argument("--dry-run", action="store_true", help="write the batch scripts and print the sbatch commands; submit nothing")
     slurm_p.add_argument("--sbatch-arg", action="append", default=[], metavar="OPTION", help="an sbatch option for both jobs, e.g. --sbatch-arg=--partition=gpu (repeatable)")
 
+    runs_p = sub.add_parser("runs", help="summarise the run store: one line per run, how far it got and how it ended")
+    runs_p.add_argument("--root", type=Path, help="the run store (default: $GROKCORE_RUNS, else runs/ beside _toc.yml)")
+    runs_p.add_argument("--markdown", action="store_true", help="print a Markdown table (e.g. for a summary page)")
+
     args = parser.parse_args(argv)
+    if args.command == "runs":
+        root = args.root or runs.runs_root()
+        if not root.is_dir():
+            runs_p.error(f"--root: there is no run store at {root}")
+        print(_runs_table(runs.summary(root), args.markdown) or f"no runs in {root}")
+        return 0
     try:
         if args.command == "run":
             # The notebook's repository, wherever the command is run from.

@@ -183,3 +183,52 @@ def load(config: RunConfig, root: Path | None = None) -> Run | None:
     """The finished run of ``config``, or None if it has not finished."""
     path = run_path(config, root)
     return Run(path) if (path / "DONE").exists() else None
+
+
+def summary(root: Path | None = None) -> pd.DataFrame:
+    """One row per run in the store: what it trains, how far it got, and where it ended.
+
+    ``status`` is ``done``, ``training`` (a process holds its lock now), ``stopped`` (it has
+    saved state to resume from) or ``empty`` (nothing saved yet). The metrics are the mean over
+    members at each member's last evaluation; ``reached_99`` counts the members whose
+    validation accuracy ever reached 0.99."""
+    root = Path(root) if root else runs_root()
+    rows = []
+    for path in sorted(p for p in root.glob("*") if (p / "config.json").exists()):
+        try:
+            run = Run(path)
+        except (ValueError, KeyError, TypeError) as e:  # a config that this grokcore cannot read
+            rows.append({"run": path.name, "status": f"unreadable: {e}"})
+            continue
+        history = pd.read_csv(path / "history.csv") if (path / "history.csv").exists() else None
+        last = history.groupby("member").tail(1) if history is not None and len(history) else None
+        done = path / "DONE"
+        rows.append(
+            {
+                "run": path.name,
+                "status": "done" if run.done else _unfinished_status(path),
+                "members": len(run.members),
+                "step": None if last is None else int(last["step"].max()),
+                "steps": run.config.steps,
+                "train_acc": None if last is None else last["train_acc"].mean(),
+                "val_acc": None if last is None else last["val_acc"].mean(),
+                "reached_99": None if history is None else int((history.groupby("member")["val_acc"].max() >= 0.99).sum()),
+                "wall_s": float(done.read_text().split()[0]) if run.done else None,
+                "created": run.meta.get("created"),
+                "code": run.meta.get("code"),
+                "device": run.meta.get("device"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _unfinished_status(path: Path) -> str:
+    lock = path / ".lock"
+    if lock.exists():
+        with open(lock) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(f, fcntl.LOCK_UN)
+            except BlockingIOError:
+                return "training"
+    return "stopped" if (path / "state.pt").exists() else "empty"
