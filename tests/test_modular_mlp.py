@@ -78,6 +78,15 @@ def test_wave_phases_reads_frequency_phase_and_share_of_pure_waves():
     assert share.tolist() == pytest.approx([1.0] * len(planted), abs=1e-5)
 
 
+@pytest.mark.parametrize("value", [0.0, 0.37, -2.5e-3])
+def test_a_constant_column_has_no_frequency_and_no_phase(value):
+    p = 47
+    vectors = torch.tensor([[value, math.cos(2 * math.pi * 3 * x / p)] for x in range(p)], dtype=torch.float32)
+    freq, share, phase = wave_phases(vectors, p)
+    assert freq.tolist() == [0, 3] and share[0].item() == 0.0 and share[1].item() == pytest.approx(1.0, abs=1e-5)
+    assert math.isnan(phase[0].item()) and abs(phase[1].item()) < 1e-4
+
+
 def test_wave_phases_share_of_a_mixture_is_the_dominant_energy_fraction():
     p = 17
     # A cosine of amplitude A carries A^2 p / 2 of a column's energy about its mean, so the
@@ -133,10 +142,13 @@ def test_neuron_phases_recover_the_planted_analytic_solution():
     # sigma = 0 (neuron with sigma = p before the mod) makes constant weights: no frequency, no phase.
     constant = [j for j in range(width) if sigma[j] == 0]
     assert len(constant) == 1
+    frame = neuron_phases(U, W, p)
+    for j in constant:
+        row = frame.iloc[j]
+        assert row.freq_in1 == row.freq_in2 == row.freq_out == 0 and row.share_out == 0, (j, row)
+        assert math.isnan(row.phase_in1) and math.isnan(row.phase_sum_error), (j, row)
     cosines = [j for j in range(width) if j not in constant]
     assert any(sigma[j] > (p - 1) // 2 for j in cosines) and any(sigma[j] <= (p - 1) // 2 for j in cosines)
-
-    frame = neuron_phases(U, W, p)
     for j in cosines:
         # Frequencies above (p - 1) / 2 read as p - sigma with every phase negated.
         fold = sigma[j] > (p - 1) // 2

@@ -78,7 +78,9 @@ def neuron_logit_map(model: nn.Module, p: int) -> Tensor:
 def wave_phases(vectors: Tensor, p: int) -> tuple[Tensor, Tensor, Tensor]:
     """Each column's dominant frequency k, its share of the column's energy, and its phase.
 
-    ``vectors`` (p, n): column j is read as A cos(2 pi k x / p + phase) + the rest.
+    ``vectors`` (p, n): column j is read as A cos(2 pi k x / p + phase) + the rest. A constant
+    column (float32 rounding aside) has no wave: frequency 0, share 0, phase NaN. The analytic
+    solutions have such neurons, one for each multiple of p among their frequencies.
     """
     x = torch.arange(p, dtype=torch.float64)
     K = (p - 1) // 2
@@ -89,10 +91,16 @@ def wave_phases(vectors: Tensor, p: int) -> tuple[Tensor, Tensor, Tensor]:
     energy = a.pow(2) + b.pow(2)
     best = energy.argmax(0)
     centred = v - v.mean(0, keepdim=True)
-    share = energy.max(0).values * (2 / p) / centred.pow(2).sum(0).clamp_min(1e-30)
+    spread = centred.pow(2).sum(0)
+    share = energy.max(0).values * (2 / p) / spread.clamp_min(1e-30)
     cols = torch.arange(v.shape[1])
     phase = torch.atan2(-b[best, cols], a[best, cols])
-    return best + 1, share.float(), phase.float()
+    flat = spread <= 1e-10 * v.pow(2).sum(0)  # float32 weights keep ~1e-14 of it in rounding
+    return (
+        torch.where(flat, 0, best + 1),
+        torch.where(flat, 0.0, share).float(),
+        torch.where(flat, math.nan, phase).float(),
+    )
 
 
 def neuron_phases(inp: Tensor, out: Tensor, p: int) -> pd.DataFrame:
