@@ -194,7 +194,7 @@ def phase_diagram(phases: pd.DataFrame, x: str = "lr", y: str = "weight_decay", 
     codes = mode.apply(lambda col: col.map(names.index)).to_numpy(dtype=float)
     ax.imshow(codes, origin="lower", aspect="auto", cmap=ListedColormap(list(LEARNING_PHASE_COLORS.values())),
               vmin=-0.5, vmax=len(names) - 0.5, interpolation="nearest")
-    ax.set_xticks(range(len(mode.columns)), [f"{v:.0e}" for v in mode.columns], rotation=45, fontsize=8)
+    ax.set_xticks(range(len(mode.columns)), [f"{v:.1e}" for v in mode.columns], rotation=45, fontsize=8)
     ax.set_yticks(range(len(mode.index)), [f"{v:.3g}" for v in mode.index], fontsize=8)
     ax.set(xlabel=x, ylabel=y)
     ax.grid(False)
