@@ -211,8 +211,10 @@ def execute(root: Path, notebook: Path, preset: str, overrides: dict | None = No
                 log_output=log_output,
                 # Output written below Python's sys.stdout/stderr (C libraries, training's
                 # progress lines in "log" mode) goes to this command's terminal or log, not
-                # into the page.
-                extra_arguments=["--IPKernelApp.capture_fd_output=False"],
+                # into the page. The kernel's own log is quiet below errors: ipykernel warns on
+                # every start that it talks to us over unencrypted localhost TCP (its messages
+                # are signed); IPC sockets, which it suggests, fail on NFS home directories.
+                extra_arguments=["--IPKernelApp.capture_fd_output=False", "--IPKernelApp.log_level=ERROR"],
             )
         except PapermillExecutionError as e:
             failure = Failure(rel, f"cell {e.exec_count}", f"{e.ename}: {e.evalue}")
