@@ -63,6 +63,12 @@ def submit(
     """
     if preset not in book.PRESETS:
         raise SlurmError(f"preset = {preset!r} is not allowed: must be one of {', '.join(book.PRESETS)}")
+    odd = sorted(set(str(root)) & set("%\\\n"))
+    if odd:  # SLURM reads % in --output as a pattern and \ as an escape; a newline ends the line
+        raise SlurmError(
+            f"the repository path {str(root)!r} has {' and '.join(map(repr, odd))}, which #SBATCH lines "
+            "cannot carry: move the repository, or link it, to a path without them"
+        )
     extra = list(sbatch_args or [])
     for arg in extra:
         if not arg.startswith("-"):

@@ -6,6 +6,7 @@ SLURM would, with ``SLURM_ARRAY_TASK_ID`` set, in ``--chdir``); the interpreter 
 call is a fake ``python`` that records its arguments instead of executing a notebook.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -125,6 +126,13 @@ def test_a_project_path_with_spaces_and_quotes_reaches_the_jobs(project):
     ]
 
 
+@pytest.mark.parametrize("project", ["100%-grok", "back\\slash"], indirect=True)
+def test_a_path_sbatch_cannot_carry_is_refused_before_any_work(project, capsys):
+    assert main(["slurm", "--preset", "ci"]) == 2
+    assert "#SBATCH lines cannot carry" in capsys.readouterr().err
+    assert submissions(project) == [] and not (project / "_build").exists()
+
+
 @pytest.mark.parametrize(
     "only, chosen",
     [(["ch1"], NOTEBOOKS[:2]), (["gamma", "alpha"], [NOTEBOOKS[0], NOTEBOOKS[2]])],
@@ -200,8 +208,12 @@ def start_task(project, tmp_path, restarts: int) -> subprocess.Popen:
     scontrol.write_text('#!/bin/bash\necho "$*" >> "$FAKE_SLURM_LOG/scontrol.log"\n')
     scontrol.chmod(0o755)
     assert main(["slurm", "--dry-run"]) == 0
-    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "1", "SLURM_JOB_ID": "4243", "SLURM_RESTART_COUNT": str(restarts)}
-    shell = subprocess.Popen(["bash", "_build/slurm/paper.sbatch"], env=env, stdout=subprocess.DEVNULL)
+    # Task 1 of array 4242 runs as job 4243: requeueing 4243 alone would be right, 4242 (the id of
+    # the array's last task to start) would requeue every task, so the script names <array>_<task>.
+    env = {**os.environ, "SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "1", "SLURM_JOB_ID": "4243",
+           "SLURM_RESTART_COUNT": str(restarts)}
+    shell = subprocess.Popen(["bash", "_build/slurm/paper.sbatch"], env=env, stdout=open(tmp_path / "log" / "task.out", "w"),
+                             start_new_session=True)  # its own group, so the test can end all of it
     wait_for(log / "started", 3, "the script never started python")
     return shell
 
@@ -213,31 +225,34 @@ def wait_for(path: Path, seconds: float, why: str):
     assert path.exists(), why
 
 
+def end_task(shell: subprocess.Popen) -> int:
+    try:
+        return shell.wait(timeout=5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait()
+
+
 @pytest.mark.parametrize("restarts, requeued", [(0, True), (9, True), (10, False)])
 def test_the_time_limit_warning_saves_the_run_and_requeues_the_task(project, tmp_path, restarts, requeued):
     """--signal=B:USR1 signals only the batch shell: python must get a SIGTERM to save its run,
-    and the task must go back to the queue (at most 10 times)."""
+    and the task (only this task of the array) must go back to the queue, at most 10 times."""
     log = tmp_path / "log"
     shell = start_task(project, tmp_path, restarts)
-    try:
-        os.kill(shell.pid, signal.SIGUSR1)
-        wait_for(log / "got-term", 2, "python did not get a SIGTERM from the batch shell")
-        shell.wait(timeout=5)
-    finally:
-        shell.kill()
-        shell.wait()
+    os.kill(shell.pid, signal.SIGUSR1)
+    wait_for(log / "got-term", 2, "python did not get a SIGTERM from the batch shell")
+    assert end_task(shell) == 143  # python's status: stopped by SIGTERM
     requeues = (log / "scontrol.log").read_text().splitlines() if (log / "scontrol.log").exists() else []
-    assert requeues == (["requeue 4243"] if requeued else [])
+    assert requeues == (["requeue 4242_1"] if requeued else [])
+    said = (log / "task.out").read_text()
+    assert ("requeued (restart" in said) == requeued and ("not requeued" in said) == (not requeued)
 
 
 def test_scancel_does_not_requeue(project, tmp_path):
     """scancel sends SIGTERM (to every process of the job; here to the shell): no requeue."""
     log = tmp_path / "log"
     shell = start_task(project, tmp_path, 0)
-    try:
-        os.kill(shell.pid, signal.SIGTERM)
-        shell.wait(timeout=5)
-    finally:
-        shell.kill()
-        shell.wait()
+    os.kill(shell.pid, signal.SIGTERM)
+    end_task(shell)
     assert not (log / "scontrol.log").exists()
