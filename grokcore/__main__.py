@@ -58,10 +58,12 @@ def _runs_table(frame, markdown: bool) -> str:
         value = row.get(column)
         if value is None or value != value:  # None or NaN: not known for this run
             return "-"
+        if column == "members":  # a column with a gap (an unreadable run) holds floats
+            return str(int(value))
         if column == "step":
-            return f"{int(value):,} / {row['steps']:,}"
+            return f"{int(value):,} / {int(row['steps']):,}"
         if column == "reached_99":
-            return f"{int(value)} / {row['members']}"
+            return f"{int(value)} / {int(row['members'])}"
         if column in ("train_acc", "val_acc"):
             return f"{value:.3f}"
         if column == "wall_s":
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "runs":
         root = args.root or runs.runs_root()
         if not root.is_dir():
-            runs_p.error(f"--root: there is no run store at {root}")
+            where = "--root" if args.root else "$GROKCORE_RUNS, else runs/ beside the book's _toc.yml"
+            runs_p.error(f"there is no run store at {root} (from {where}); give one with --root")
         print(_runs_table(runs.summary(root), args.markdown) or f"no runs in {root}")
         return 0
     try:

@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 from functools import cached_property
 from pathlib import Path
 
@@ -93,11 +94,19 @@ def exclusive(path: Path):
     lock = path / ".lock"
     try:
         with open(lock, "w") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                made = False
-                raise RuntimeError(f"another process is training {path} (its lock is held); wait for it or kill it") from None
+            # A second's grace: `python -m grokcore runs` holds the lock for an instant to see
+            # whether anyone trains here.
+            for attempt in range(20):
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if attempt == 19:
+                        made = False
+                        raise RuntimeError(
+                            f"another process is training {path} (its lock is held); wait for it or kill it"
+                        ) from None
+                    time.sleep(0.05)
             try:
                 yield
             finally:
@@ -189,46 +198,52 @@ def summary(root: Path | None = None) -> pd.DataFrame:
     """One row per run in the store: what it trains, how far it got, and where it ended.
 
     ``status`` is ``done``, ``training`` (a process holds its lock now), ``stopped`` (it has
-    saved state to resume from) or ``empty`` (nothing saved yet). The metrics are the mean over
-    members at each member's last evaluation; ``reached_99`` counts the members whose
-    validation accuracy ever reached 0.99."""
+    saved state to resume from), ``empty`` (nothing saved yet) or ``unreadable: ...``. The
+    metrics are the mean over members at each member's last evaluation; ``reached_99`` counts
+    the members whose validation accuracy ever reached 0.99."""
     root = Path(root) if root else runs_root()
     rows = []
     for path in sorted(p for p in root.glob("*") if (p / "config.json").exists()):
         try:
-            run = Run(path)
-        except (ValueError, KeyError, TypeError) as e:  # a config that this grokcore cannot read
-            rows.append({"run": path.name, "status": f"unreadable: {e}"})
-            continue
-        history = pd.read_csv(path / "history.csv") if (path / "history.csv").exists() else None
-        last = history.groupby("member").tail(1) if history is not None and len(history) else None
-        done = path / "DONE"
-        rows.append(
-            {
-                "run": path.name,
-                "status": "done" if run.done else _unfinished_status(path),
-                "members": len(run.members),
-                "step": None if last is None else int(last["step"].max()),
-                "steps": run.config.steps,
-                "train_acc": None if last is None else last["train_acc"].mean(),
-                "val_acc": None if last is None else last["val_acc"].mean(),
-                "reached_99": None if history is None else int((history.groupby("member")["val_acc"].max() >= 0.99).sum()),
-                "wall_s": float(done.read_text().split()[0]) if run.done else None,
-                "created": run.meta.get("created"),
-                "code": run.meta.get("code"),
-                "device": run.meta.get("device"),
-            }
-        )
+            rows.append(_summary_row(path))
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a run this grokcore cannot read
+            rows.append({"run": path.name, "status": f"unreadable: {type(e).__name__}: {e}"})
     return pd.DataFrame(rows)
 
 
+def _summary_row(path: Path) -> dict:
+    run = Run(path)
+    history = pd.read_csv(path / "history.csv") if (path / "history.csv").exists() else pd.DataFrame()
+    last = history.groupby("member").tail(1) if "member" in history else history
+
+    def mean(column: str) -> float | None:
+        return last[column].mean() if column in last and len(last) else None
+
+    wall = (path / "DONE").read_text().split() if run.done else []
+    return {
+        "run": path.name,
+        "status": "done" if run.done else _unfinished_status(path),
+        "members": len(run.members),
+        "step": int(last["step"].max()) if "step" in last and len(last) else None,
+        "steps": run.config.steps,
+        "train_acc": mean("train_acc"),
+        "val_acc": mean("val_acc"),
+        "reached_99": int((history.groupby("member")["val_acc"].max() >= 0.99).sum()) if "val_acc" in history else None,
+        "wall_s": float(wall[0]) if wall else None,  # DONE is written last and may still be empty
+        "created": run.meta.get("created"),
+        "code": run.meta.get("code"),
+        "device": run.meta.get("device"),
+    }
+
+
 def _unfinished_status(path: Path) -> str:
-    lock = path / ".lock"
-    if lock.exists():
-        with open(lock) as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                fcntl.flock(f, fcntl.LOCK_UN)
-            except BlockingIOError:
-                return "training"
+    """``training`` if a process holds the run's lock (tested by taking it for an instant)."""
+    try:
+        with open(path / ".lock") as f:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return "training"
+    except OSError:  # no lock file (it never trained here), or one we may not read
+        pass
     return "stopped" if (path / "state.pt").exists() else "empty"

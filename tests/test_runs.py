@@ -1,9 +1,12 @@
 """The run store's summary (``python -m grokcore runs``), read against the runs' own files."""
 
 import csv
+import fcntl
 import json
 import shutil
+import threading
 
+import pandas as pd
 import pytest
 
 import grokcore as gc
@@ -71,4 +74,51 @@ def test_runs_command_refuses_a_missing_store(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["runs", "--root", str(tmp_path / "nowhere")])
     assert stop.value.code == 2
-    assert "no run store at" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"no run store at {tmp_path / 'nowhere'} (from --root)" in err
+
+
+def test_odd_run_folders_get_a_row_not_a_crash(tmp_path, capsys):
+    """Members counted by hand; an empty DONE (written last, so briefly empty), a history
+    without val_acc, and a config.json that is not JSON each still give a row."""
+    config = small_config(name="odd", seeds=3)
+    gc.train(config, root=tmp_path, progress=False)
+    done = tmp_path / config.run_name
+    for name, history in {
+        "hand-0000000001": "member,seed,step,train_acc,val_acc\n0,0,5,1.0,0.995\n1,1,5,1.0,0.98\n2,2,5,1.0,1.0\n2,2,9,1.0,0.5\n",
+        "noval-0000000002": "member,seed,step,train_acc\n0,0,5,1.0\n",
+    }.items():
+        (tmp_path / name).mkdir()
+        shutil.copy(done / "config.json", tmp_path / name / "config.json")
+        (tmp_path / name / "history.csv").write_text(history)
+        (tmp_path / name / "DONE").write_text("")
+    (tmp_path / "broken-0000000003").mkdir()
+    (tmp_path / "broken-0000000003" / "config.json").write_text("{not json")
+
+    frame = runs.summary(tmp_path).set_index("run")
+    hand = frame.loc["hand-0000000001"]
+    # member 0 reached 0.995 and member 2 1.0 (later 0.5); member 1 never reached 0.99
+    assert hand["reached_99"] == 2 and hand["step"] == 9 and hand["status"] == "done" and pd.isna(hand["wall_s"])
+    assert abs(hand["val_acc"] - (0.995 + 0.98 + 0.5) / 3) < 1e-12
+    noval = frame.loc["noval-0000000002"]
+    assert pd.isna(noval["val_acc"]) and pd.isna(noval["reached_99"]) and noval["train_acc"] == 1.0
+    assert frame.loc["broken-0000000003", "status"].startswith("unreadable: JSONDecodeError")
+
+    capsys.readouterr()
+    assert main(["runs", "--root", str(tmp_path)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert lines["hand-0000000001"].split()[1:7] == ["done", "3", "9", "/", "30", "1.000"]
+    assert "2 / 3" in lines["hand-0000000001"] and "3.0" not in lines["hand-0000000001"]
+    assert lines["broken-0000000003"].split()[1] == "unreadable:"
+
+
+def test_a_glance_at_the_lock_does_not_stop_a_run_from_starting(tmp_path):
+    """`runs` takes a run's lock for an instant; a run starting just then waits, it does not fail."""
+    config = small_config(name="glance")
+    path = tmp_path / config.run_name
+    path.mkdir()
+    (path / ".lock").touch()
+    glance = open(path / ".lock")
+    fcntl.flock(glance, fcntl.LOCK_SH)
+    threading.Timer(0.3, glance.close).start()  # closing the file lets the lock go
+    assert gc.train(config, root=tmp_path, progress=False).done
