@@ -78,13 +78,22 @@ def test_wave_phases_reads_frequency_phase_and_share_of_pure_waves():
     assert share.tolist() == pytest.approx([1.0] * len(planted), abs=1e-5)
 
 
-@pytest.mark.parametrize("value", [0.0, 0.37, -2.5e-3])
+@pytest.mark.parametrize("value", [0.0, 0.37, -2.5e-3, 1e-20])
 def test_a_constant_column_has_no_frequency_and_no_phase(value):
     p = 47
     vectors = torch.tensor([[value, math.cos(2 * math.pi * 3 * x / p)] for x in range(p)], dtype=torch.float32)
     freq, share, phase = wave_phases(vectors, p)
     assert freq.tolist() == [0, 3] and share[0].item() == 0.0 and share[1].item() == pytest.approx(1.0, abs=1e-5)
     assert math.isnan(phase[0].item()) and abs(phase[1].item()) < 1e-4
+
+
+@pytest.mark.parametrize("mean, amplitude", [(1.0, 1e-5), (0.0, 1e-12), (3.0, 1e-3)])
+def test_a_small_wave_on_a_large_mean_is_still_a_wave(mean, amplitude):
+    """Some 80 float32 steps of 1.0 are signal, not rounding; and small weights are not constant."""
+    p = 47
+    column = [[mean + amplitude * math.cos(2 * math.pi * 5 * x / p + 0.7)] for x in range(p)]
+    freq, share, phase = wave_phases(torch.tensor(column, dtype=torch.float32), p)
+    assert freq.tolist() == [5] and share[0].item() > 0.9 and abs(wrapped(phase[0].item() - 0.7)) < 0.05
 
 
 def test_wave_phases_share_of_a_mixture_is_the_dominant_energy_fraction():

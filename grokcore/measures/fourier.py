@@ -92,10 +92,11 @@ def wave_phases(vectors: Tensor, p: int) -> tuple[Tensor, Tensor, Tensor]:
     best = energy.argmax(0)
     centred = v - v.mean(0, keepdim=True)
     spread = centred.pow(2).sum(0)
-    share = energy.max(0).values * (2 / p) / spread.clamp_min(1e-30)
+    share = energy.max(0).values * (2 / p) / spread
     cols = torch.arange(v.shape[1])
     phase = torch.atan2(-b[best, cols], a[best, cols])
-    flat = spread <= 1e-10 * v.pow(2).sum(0)  # float32 weights keep ~1e-14 of it in rounding
+    # Constant but for float32 rounding: a spread of a few ulps of the column's largest value.
+    flat = spread <= p * (4 * torch.finfo(torch.float32).eps * v.abs().amax(0)) ** 2
     return (
         torch.where(flat, 0, best + 1),
         torch.where(flat, 0.0, share).float(),
