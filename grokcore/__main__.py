@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             failure = book.execute(root, nb, args.preset, overrides, log_output=True)
         except book.Terminated as stop:
             return _stopped(f"SIGTERM ({stop})", signal.SIGTERM)
-        except KeyboardInterrupt:  # papermill has interrupted the kernel, which saves its run
+        except KeyboardInterrupt:  # passed on to the kernel, which has saved its run
             return _stopped("Ctrl-C", signal.SIGINT)
         if failure:
             print(f"FAILED {failure}", file=sys.stderr)

@@ -141,13 +141,15 @@ def failed_path(executed: Path) -> Path:
 
 
 @contextlib.contextmanager
-def forward_sigterm():
-    """Pass SIGTERM on to the notebook's kernel while it runs; yields a list that holds the
-    signal once one has arrived.
+def forward_signals():
+    """Pass SIGTERM and SIGINT (Ctrl-C) on to the notebook's kernel, as SIGTERM, while it runs;
+    yields a list that holds the signals once they have arrived.
 
-    The kernel runs in a session of its own, so a SLURM time limit or a ``kill`` reaches only
-    this process; the kernel, finding its parent gone, would exit without saving its run.
-    Passed on, the run saves its state (``grokcore.train``) and its cell fails."""
+    The kernel runs in a session of its own, so a SLURM time limit, a ``kill`` or a Ctrl-C in
+    the terminal reaches only this process; the kernel, finding its parent gone, would exit
+    without saving its run. Passed on, the run saves its state (``grokcore.train``) and its
+    cell fails. (On Ctrl-C papermill interrupts the kernel itself, but under load a test saw
+    it hang with the kernel still training.)"""
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():  # only it may set handlers
         yield received
@@ -158,16 +160,19 @@ def forward_sigterm():
         received.append(signum)
         kernels = psutil.Process().children()  # the kernel; its own workers are its business
         if not kernels:  # not started yet (or gone): stop here rather than run the notebook
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
             raise Terminated("before the notebook's kernel had started")
-        for child in kernels:
+        for child in kernels:  # SIGTERM for both: a kernel ignores SIGINT between cells
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.send_signal(signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGTERM, forward)
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @dataclass
@@ -181,8 +186,8 @@ class Failure:
 
 
 def execute(root: Path, notebook: Path, preset: str, overrides: dict | None = None, log_output: bool = False) -> Failure | None:
-    """Run one notebook at ``preset``; return what failed, or None. Raises Terminated, after
-    the kernel has saved its run, if SIGTERM arrives meanwhile."""
+    """Run one notebook at ``preset``; return what failed, or None. Raises Terminated (SIGTERM)
+    or KeyboardInterrupt (Ctrl-C), after the kernel has saved its run, if one arrives meanwhile."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -199,7 +204,7 @@ def execute(root: Path, notebook: Path, preset: str, overrides: dict | None = No
     os.environ.setdefault("GROKCORE_RUNS", str(root / "runs"))
     os.environ.setdefault("GROKCORE_PROGRESS", "log" if log_output else "0")
     failure = None
-    with forward_sigterm() as terminated:
+    with forward_signals() as stopped:
         try:
             papermill.execute_notebook(
                 str(notebook),
@@ -229,7 +234,9 @@ def execute(root: Path, notebook: Path, preset: str, overrides: dict | None = No
         failed_path(out).unlink(missing_ok=True)
     elif partial.exists():
         os.replace(partial, failed_path(out))
-    if terminated:
+    if signal.SIGINT in stopped:
+        raise KeyboardInterrupt(str(failure or rel))
+    if stopped:
         raise Terminated(str(failure or rel))
     return failure
 
