@@ -214,7 +214,7 @@ def start_task(project, tmp_path, restarts: int) -> subprocess.Popen:
            "SLURM_RESTART_COUNT": str(restarts)}
     shell = subprocess.Popen(["bash", "_build/slurm/paper.sbatch"], env=env, stdout=open(tmp_path / "log" / "task.out", "w"),
                              start_new_session=True)  # its own group, so the test can end all of it
-    wait_for(log / "started", 3, "the script never started python")
+    wait_for(log / "started", 20, "the script never started python")
     return shell
 
 
@@ -227,7 +227,7 @@ def wait_for(path: Path, seconds: float, why: str):
 
 def end_task(shell: subprocess.Popen) -> int:
     try:
-        return shell.wait(timeout=5)
+        return shell.wait(timeout=20)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(shell.pid, signal.SIGKILL)
@@ -241,7 +241,7 @@ def test_the_time_limit_warning_saves_the_run_and_requeues_the_task(project, tmp
     log = tmp_path / "log"
     shell = start_task(project, tmp_path, restarts)
     os.kill(shell.pid, signal.SIGUSR1)
-    wait_for(log / "got-term", 2, "python did not get a SIGTERM from the batch shell")
+    wait_for(log / "got-term", 20, "python did not get a SIGTERM from the batch shell")
     assert end_task(shell) == 143  # python's status: stopped by SIGTERM
     requeues = (log / "scontrol.log").read_text().splitlines() if (log / "scontrol.log").exists() else []
     assert requeues == (["requeue 4242_1"] if requeued else [])
