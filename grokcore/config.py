@@ -64,7 +64,6 @@ def interval(lo: float | None = None, hi: float | None = None, *, lo_open=False,
 POSITIVE = interval(0, None, lo_open=True)
 NON_NEGATIVE = interval(0, None)
 FRACTION = interval(0, 1, lo_open=True, hi_open=True)
-PRIME = Check(lambda v: is_prime(v), "a prime number (e.g. 97, 113)")
 # A run's folder is <name>-<hash> inside the run store, and must stay inside it.
 RUN_NAME = Check(
     lambda v: bool(v) and not any(c in v for c in "/\\") and not v.startswith("."),

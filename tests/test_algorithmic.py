@@ -154,6 +154,25 @@ def test_bad_parameters_name_themselves(kwargs, name):
         AlgorithmicTask(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"op": "x+y", "p": 9}, ["p = 9", "'x+y'", "prime"]),
+        ({"op": "x.y", "n": 8}, ["n = 8", "'x.y'", "from 2 to 7"]),
+        ({"op": "x.y", "n": 1}, ["n = 1"]),
+    ],
+)
+def test_each_op_checks_the_size_it_uses(kwargs, words):
+    with pytest.raises(ConfigError) as error:
+        AlgorithmicTask(**kwargs)
+    assert all(w in str(error.value) for w in words), error.value
+
+
+def test_each_op_ignores_the_size_it_does_not_use():
+    assert AlgorithmicTask(op="x.y", p=4, n=3).n_values == 6  # S_3; p unused
+    assert AlgorithmicTask(op="x+y", p=7, n=100).n_values == 7  # n unused
+
+
 def test_a_misspelt_or_unknown_value_names_what_is_allowed():
     with pytest.raises(ConfigError, match=r"^'fraction' is not a parameter of AlgorithmicTask: allowed: op, p, n, train_fraction"):
         AlgorithmicTask(fraction=0.3)

@@ -21,7 +21,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from grokcore.config import FRACTION, PRIME, ConfigError, interval, spec_field
+from grokcore.config import FRACTION, ConfigError, interval, is_prime, spec_field
 from grokcore.tasks.base import Task, seeded_permutation
 
 
@@ -98,8 +98,8 @@ class AlgorithmicTask(Task):
     """``x op y = z`` tables: every op of Power et al. mod p, and products in S_n (Power: S5)."""
 
     op: str = spec_field("x/y", doc="the operation, e.g. 'x+y', 'x/y', 'x.y' (permutations)")
-    p: int = spec_field(97, check=PRIME, doc="the modulus of a modular op")
-    n: int = spec_field(5, check=interval(2, 7), doc="the degree of S_n for a permutation op (Power: 5)")
+    p: int = spec_field(97, doc="the modulus of a modular op: a prime (e.g. 97, 113); permutation ops ignore it")
+    n: int = spec_field(5, doc="the degree of S_n for a permutation op, 2 to 7 (Power: 5); modular ops ignore it")
     train_fraction: float = spec_field(0.5, check=FRACTION, doc="fraction of all equations used for training")
     op_token: bool = spec_field(True, doc="input 'x op y =' (Power); False: 'x y =' (Nanda)")
     loss: Literal["cross_entropy", "mse"] = spec_field("cross_entropy", doc="mse: against one-hot targets (Gromov)")
@@ -107,6 +107,11 @@ class AlgorithmicTask(Task):
     def validate(self):
         if self.op not in OPS:
             raise ConfigError(f"op = {self.op!r} is not allowed: must be one of {', '.join(map(repr, OPS))}")
+        # Each op checks only the size it uses: p for a modular op, n for a permutation op.
+        if self.op in PERM_OPS and not 2 <= self.n <= 7:
+            raise ConfigError(f"n = {self.n!r} is not allowed for op {self.op!r}: must be from 2 to 7 (S_n has n! elements)")
+        if self.op in MOD_OPS and not is_prime(self.p):
+            raise ConfigError(f"p = {self.p!r} is not allowed for op {self.op!r}: must be a prime number (e.g. 97, 113)")
         self.train_size()  # a fraction that leaves an empty split stops here, not in train()
 
     @property
