@@ -27,6 +27,23 @@ def test_forward_is_w_times_squared_sum_of_rows():
             assert out[row, q].item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
+def test_members_forward_equals_each_network_alone():
+    """K stacked networks, each on its own examples, as the training loop runs an ensemble."""
+    torch.manual_seed(0)
+    task = gc.AlgorithmicTask(op="x-y", p=7)  # operands at positions 0 and 2
+    models = [ModularMLP(width=6).build(task.model_dims()) for _ in range(3)]
+    inputs, _ = task.examples()
+    tokens = torch.stack([inputs[torch.randperm(len(inputs))[:10]] for _ in models])  # (3, 10, 4)
+    params = {name: torch.stack([dict(m.named_parameters())[name] for m in models]) for name in ("inp", "out")}
+    together = models[0].forward_members(params, tokens)
+    for k, model in enumerate(models):
+        assert torch.allclose(together[k], model(tokens[k]), atol=1e-6)
+    grads = torch.autograd.grad(together.square().sum(), [params["inp"], params["out"]])
+    for k, model in enumerate(models):
+        alone = torch.autograd.grad(model(tokens[k]).square().sum(), [model.inp, model.out])
+        assert all(torch.allclose(g[k], a, atol=1e-5) for g, a in zip(grads, alone))
+
+
 @pytest.mark.parametrize("p", [11, 23, 31, 47, 97])
 @pytest.mark.parametrize("op", ["x+y", "x-y", "x^2+y^2", "x*y"])
 def test_analytic_solution_is_exact_on_every_pair(p, op):

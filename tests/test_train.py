@@ -149,8 +149,13 @@ def test_compile_that_fails_with_inductor_options_is_retried_without_them(monkey
     assert torch.equal(retried.flat, eager.flat)
 
 
-def test_members_with_different_hyperparameters_equal_separate_runs():
-    config = small_config(seeds=2, sweep={"lr": [1e-3, 5e-3], "weight_decay": [0.0, 1.0]}, batch_size=16)
+# The transformer's members run through vmap, the quadratic MLP's through its own forward_members.
+MODELS = [gc.Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=32), gc.ModularMLP(width=24)]
+
+
+@pytest.mark.parametrize("model", MODELS, ids=["vmap", "forward_members"])
+def test_members_with_different_hyperparameters_equal_separate_runs(model):
+    config = small_config(model=model, seeds=2, sweep={"lr": [1e-3, 5e-3], "weight_decay": [0.0, 1.0]}, batch_size=16)
     ensemble = Trainer(config, torch.device("cpu"))
     for _ in range(15):
         ensemble.train_step()
@@ -159,7 +164,9 @@ def test_members_with_different_hyperparameters_equal_separate_runs():
     for k in (0, 3, 6):
         m = members[k]
         alone = Trainer(
-            small_config(seed=m["seed"], optim=gc.AdamW(lr=m["lr"], weight_decay=m["weight_decay"], warmup_steps=5), batch_size=16),
+            small_config(
+                model=model, seed=m["seed"], optim=gc.AdamW(lr=m["lr"], weight_decay=m["weight_decay"], warmup_steps=5), batch_size=16
+            ),
             torch.device("cpu"),
         )
         for _ in range(15):
@@ -461,8 +468,9 @@ def test_stopped_members_cost_no_cpu_work_and_leave_the_others_unchanged(batch_s
     assert torch.equal(pruned.flat.detach(), before)
 
 
-def test_members_run_in_chunks_train_exactly_as_all_at_once(monkeypatch):
-    config = small_config(seeds=3, sweep={"lr": [1e-3, 5e-3]}, batch_size=16)
+@pytest.mark.parametrize("model", MODELS, ids=["vmap", "forward_members"])
+def test_members_run_in_chunks_train_exactly_as_all_at_once(model, monkeypatch):
+    config = small_config(model=model, seeds=3, sweep={"lr": [1e-3, 5e-3]}, batch_size=16)
     whole = Trainer(config, torch.device("cpu"))
     asked = []
     monkeypatch.setattr(sys.modules["grokcore.train"], "cpu_chunk_size", lambda members, work: asked.append(members) or 2)
