@@ -102,14 +102,16 @@ def cpu_chunk_size(members: int, work: int) -> int | None:
     return chunk if chunk < members else None
 
 
-def in_chunks(forward: Callable[[dict, Tensor], Tensor], chunk: int | None) -> Callable[[dict, Tensor], Tensor]:
-    """``forward(params, x)`` of stacked members, run ``chunk`` members at a time (None: all)."""
+def in_chunks(forward: Callable[[dict, Tensor], Tensor], chunk: int | None, shared: bool = False) -> Callable[[dict, Tensor], Tensor]:
+    """``forward(params, x)`` of stacked members, run ``chunk`` members at a time (None: all);
+    ``x`` has a row per member, or is ``shared`` by all."""
     if chunk is None:
         return forward
 
     def chunked(params: dict[str, Tensor], x: Tensor) -> Tensor:
-        parts = range(0, x.shape[0], chunk)
-        return torch.cat([forward({name: p[i : i + chunk] for name, p in params.items()}, x[i : i + chunk]) for i in parts])
+        parts = range(0, len(next(iter(params.values()))), chunk)
+        pieces = ({name: p[i : i + chunk] for name, p in params.items()} for i in parts)
+        return torch.cat([forward(piece, x if shared else x[i : i + chunk]) for i, piece in zip(parts, pieces)])
 
     return chunked
 
@@ -265,27 +267,12 @@ class Trainer:
         self.eval_graph: torch.cuda.CUDAGraph | None = None
         self.eval_out: Tensor | None = None  # what the evaluation graph writes
 
-        forward = lambda params, x: functional_call(self.base, params, (x,))  # noqa: E731
         examples = self.batch or self.data.train_idx.shape[1]
         chunk = None
         if device.type == "cpu":
             keep_freed_heap()
             chunk = cpu_chunk_size(K, self.flat.shape[1] * examples)
-        members_forward = getattr(self.base, "forward_members", None)
-        if members_forward is not None:
-            # The model runs stacked members itself, faster than vmap's batching rules would.
-            self._forward = in_chunks(members_forward, chunk)
-            self._forward_shared = lambda params, x: self._forward(params, x.expand(len(next(iter(params.values()))), *x.shape))
-        elif K == 1:
-            # One network needs no vmap, which would make its matrix products batches of one,
-            # with their overhead and slower kernels: 7-27% of a step of the small models of
-            # benchmarks/ensemble_cpu.py on 2 CPU cores, 9% of Power's uncompiled step on an H100.
-            first = lambda params: {name: p[0] for name, p in params.items()}  # noqa: E731
-            self._forward = lambda params, x: forward(first(params), x[0])[None]
-            self._forward_shared = lambda params, x: forward(first(params), x)[None]
-        else:
-            self._forward = vmap(forward, in_dims=(0, 0), chunk_size=chunk)
-            self._forward_shared = vmap(forward, in_dims=(0, None), chunk_size=chunk)
+        self._forward, self._forward_shared = self._members_forward(K, chunk)
 
         # On a GPU, torch.compile fuses the step's many small kernels (about 2x fewer GPU
         # microseconds per step on these models); the CPU runs eagerly (no compiler needed).
@@ -293,6 +280,26 @@ class Trainer:
             torch_compile = compile_pays_off(config.steps, K)
         self.compile_options = compile_options(K) if device.type == "cuda" else {}
         self._set_compiled(device.type == "cuda" and torch_compile)
+
+    def _members_forward(self, K: int, chunk: int | None) -> tuple[Callable, Callable]:
+        """Forwards of the K stacked networks, ``chunk`` at a time (None: all at once): given
+        parameters (K, *shape), one on inputs (K, B, ...) and one on inputs (B, ...) that every
+        member shares; both give (K, B, outputs)."""
+        forward = lambda params, x: functional_call(self.base, params, (x,))  # noqa: E731
+        members_forward = getattr(self.base, "forward_members", None)
+        if members_forward is not None:
+            # The model runs stacked members itself, faster than vmap's batching rules would.
+            shared = lambda params, x: members_forward(params, x.expand(len(next(iter(params.values()))), *x.shape))  # noqa: E731
+            return in_chunks(members_forward, chunk), in_chunks(shared, chunk, shared=True)
+        if K == 1 or chunk == 1:
+            # One network needs no vmap, which would make its matrix products batches of one,
+            # with their overhead and slower kernels: 7-27% of a step of the small models of
+            # benchmarks/ensemble_cpu.py on 2 CPU cores, 9% of Power's uncompiled step on an H100.
+            # Members taken one at a time likewise: 8 of Power's took 9.3 times one through vmap.
+            one = lambda params, x: forward({name: p[0] for name, p in params.items()}, x)[None]  # noqa: E731
+            chunk = 1 if K > 1 else None
+            return in_chunks(lambda params, x: one(params, x[0]), chunk), in_chunks(one, chunk, shared=True)
+        return vmap(forward, in_dims=(0, 0), chunk_size=chunk), vmap(forward, in_dims=(0, None), chunk_size=chunk)
 
     def _set_compiled(self, on: bool) -> None:
         """Use compiled (or plain) versions of the step's loss and update, and of the metrics

@@ -468,16 +468,20 @@ def test_stopped_members_cost_no_cpu_work_and_leave_the_others_unchanged(batch_s
     assert torch.equal(pruned.flat.detach(), before)
 
 
+@pytest.mark.parametrize("chunk", [1, 2])  # one at a time without vmap; in chunks of 2 through vmap or the model's own
 @pytest.mark.parametrize("model", MODELS, ids=["vmap", "forward_members"])
-def test_members_run_in_chunks_train_exactly_as_all_at_once(model, monkeypatch):
+def test_members_run_in_chunks_train_exactly_as_all_at_once(model, chunk, monkeypatch):
     config = small_config(model=model, seeds=3, sweep={"lr": [1e-3, 5e-3]}, batch_size=16)
     whole = Trainer(config, torch.device("cpu"))
-    asked = []
-    monkeypatch.setattr(sys.modules["grokcore.train"], "cpu_chunk_size", lambda members, work: asked.append(members) or 2)
+    asked, sizes = [], []
+    monkeypatch.setattr(sys.modules["grokcore.train"], "cpu_chunk_size", lambda members, work: asked.append(members) or chunk)
     chunked = Trainer(config, torch.device("cpu"))
-    assert asked == [6]  # 6 members in chunks of 2
+    assert asked == [6]
+    forward = chunked._forward
+    chunked._forward = lambda params, x: sizes.append(len(x)) or forward(params, x)
     for _ in range(10):
         whole.train_step()
         chunked.train_step()
+    assert sizes == [6] * 10  # the chunks are taken inside the forward
     assert torch.allclose(whole.flat.detach(), chunked.flat.detach(), atol=1e-6, rtol=1e-5)
     assert torch.allclose(whole.evaluate(), chunked.evaluate(), atol=1e-6, rtol=1e-5)
