@@ -6,9 +6,10 @@ The target (issue 5): at most 3x one member's step for small models, where a ste
 dominated by per-operation overhead that the ensemble shares. A shared machine's load moves
 the ratios by 10-40% between runs, so ``--runs`` repeats the measurement and gives the range.
 
-What makes a model small here is printed beside each ratio: the matrix products' GFLOP/s of
-one member, and the least ratio that 8 members' products allow, were they to run at the
-speed of a large square product on this machine (``floor``). Where one member already keeps
+What makes a model small here is printed beside each ratio: one member's matrix-product
+work per second of its whole step (``GFLOP/s``: the products' operations over the step's
+time), and the least ratio that 8 members' products allow, were they to run at the speed of
+a large square product on this machine (``floor``). Where one member already keeps
 the cores busy with arithmetic, as Power et al.'s 2x128 transformer with batch 512 does, the
 floor itself is near 3 and no sharing of overhead can bring 8 members under it.
 """
@@ -99,7 +100,8 @@ def main() -> None:
             one, eight = step_seconds(case)
             ratios[name].append(eight / one)
             floor = 8 * flops[name] / peak / one
-            print(f"{name:45s} {one * 1e3:8.2f}ms {eight * 1e3:8.2f}ms {eight / one:6.2f} {flops[name] / one / 1e9:8.1f} {floor:6.2f}")
+            rate = flops[name] / one / 1e9
+            print(f"{name:45s} {one * 1e3:8.2f}ms {eight * 1e3:8.2f}ms {eight / one:6.2f} {rate:8.1f} {floor:6.2f}")
     if runs > 1:
         print(f"\nratio over {runs} runs")
         for name, values in ratios.items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import functools
+import itertools
 import json
 import math
 import os
@@ -102,16 +103,17 @@ def cpu_chunk_size(members: int, work: int) -> int | None:
     return chunk if chunk < members else None
 
 
-def in_chunks(forward: Callable[[dict, Tensor], Tensor], chunk: int | None, shared: bool = False) -> Callable[[dict, Tensor], Tensor]:
+def in_chunks(forward: Callable, chunk: int | None, shared: bool = False) -> Callable[[dict, Tensor], Tensor]:
     """``forward(params, x)`` of stacked members, run ``chunk`` members at a time (None: all);
-    ``x`` has a row per member, or is ``shared`` by all."""
+    ``x`` has a row per member, or is ``shared`` by all. One ``split`` per tensor, not a slice
+    per chunk: the backward of each slice would zero-fill a gradient of the whole tensor."""
     if chunk is None:
         return forward
 
     def chunked(params: dict[str, Tensor], x: Tensor) -> Tensor:
-        parts = range(0, len(next(iter(params.values()))), chunk)
-        pieces = ({name: p[i : i + chunk] for name, p in params.items()} for i in parts)
-        return torch.cat([forward(piece, x if shared else x[i : i + chunk]) for i, piece in zip(parts, pieces)])
+        pieces = zip(*(p.split(chunk) for p in params.values()))
+        inputs = itertools.repeat(x) if shared else x.split(chunk)
+        return torch.cat([forward(dict(zip(params, piece)), xs) for piece, xs in zip(pieces, inputs)])
 
     return chunked
 
@@ -282,22 +284,24 @@ class Trainer:
         self._set_compiled(device.type == "cuda" and torch_compile)
 
     def _members_forward(self, K: int, chunk: int | None) -> tuple[Callable, Callable]:
-        """Forwards of the K stacked networks, ``chunk`` at a time (None: all at once): given
-        parameters (K, *shape), one on inputs (K, B, ...) and one on inputs (B, ...) that every
-        member shares; both give (K, B, outputs)."""
+        """Forwards of stacked networks, ``chunk`` at a time (None: all at once): given
+        parameters (M, *shape) of the M members in training (K, or fewer once some have
+        stopped), one on inputs (M, B, ...) and one on inputs (B, ...) that every member
+        shares; both give (M, B, outputs)."""
         forward = lambda params, x: functional_call(self.base, params, (x,))  # noqa: E731
         members_forward = getattr(self.base, "forward_members", None)
         if members_forward is not None:
             # The model runs stacked members itself, faster than vmap's batching rules would.
-            shared = lambda params, x: members_forward(params, x.expand(len(next(iter(params.values()))), *x.shape))  # noqa: E731
-            return in_chunks(members_forward, chunk), in_chunks(shared, chunk, shared=True)
+            def on_shared(params: dict[str, Tensor], x: Tensor) -> Tensor:
+                return members_forward(params, x.expand(len(next(iter(params.values()))), *x.shape))
+
+            return in_chunks(members_forward, chunk), in_chunks(on_shared, chunk, shared=True)
         if K == 1 or chunk == 1:
             # One network needs no vmap, which would make its matrix products batches of one,
             # with their overhead and slower kernels: 7-27% of a step of the small models of
             # benchmarks/ensemble_cpu.py on 2 CPU cores, 9% of Power's uncompiled step on an H100.
             # Members taken one at a time likewise: 8 of Power's took 9.3 times one through vmap.
             one = lambda params, x: forward({name: p[0] for name, p in params.items()}, x)[None]  # noqa: E731
-            chunk = 1 if K > 1 else None
             return in_chunks(lambda params, x: one(params, x[0]), chunk), in_chunks(one, chunk, shared=True)
         return vmap(forward, in_dims=(0, 0), chunk_size=chunk), vmap(forward, in_dims=(0, None), chunk_size=chunk)
 

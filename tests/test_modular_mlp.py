@@ -44,6 +44,13 @@ def test_members_forward_equals_each_network_alone():
         assert all(torch.allclose(g[k], a, atol=1e-5) for g, a in zip(grads, alone))
 
 
+@pytest.mark.parametrize("token", [-1, 5])
+def test_an_operand_outside_the_table_is_refused(token):
+    model = ModularMLP(width=4).build(gc.AlgorithmicTask(op="x+y", p=5, op_token=False).model_dims())
+    with pytest.raises(IndexError, match="operand tokens must be in 0..4"):
+        model(torch.tensor([[0, token, 5]]))  # the last position, "=", is not an operand
+
+
 @pytest.mark.parametrize("p", [11, 23, 31, 47, 97])
 @pytest.mark.parametrize("op", ["x+y", "x-y", "x^2+y^2", "x*y"])
 def test_analytic_solution_is_exact_on_every_pair(p, op):

@@ -41,6 +41,10 @@ def small_config(**changes):
     return gc.RunConfig(**base)
 
 
+# The transformer's members run through vmap, the quadratic MLP's through its own forward_members.
+MODELS = [gc.Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=32), gc.ModularMLP(width=24)]
+
+
 def plain_pytorch_trajectory(config, member, steps):
     """The reference: nn.Module + torch.optim.AdamW + LambdaLR, full batch, as Nanda's trainer."""
     model = build_member(config, member)
@@ -147,10 +151,6 @@ def test_compile_that_fails_with_inductor_options_is_retried_without_them(monkey
     for _ in range(10):
         eager.train_step()
     assert torch.equal(retried.flat, eager.flat)
-
-
-# The transformer's members run through vmap, the quadratic MLP's through its own forward_members.
-MODELS = [gc.Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=32), gc.ModularMLP(width=24)]
 
 
 @pytest.mark.parametrize("model", MODELS, ids=["vmap", "forward_members"])
@@ -442,10 +442,11 @@ def test_cpu_steps_reuse_freed_memory_instead_of_page_faulting():
     assert float(out.stdout.split()[-1]) < 20
 
 
+@pytest.mark.parametrize("model", MODELS, ids=["vmap", "forward_members"])
 @pytest.mark.parametrize("batch_size, chunk", [(16, None), (None, 2)])  # minibatches; full batch in chunks of 2
-def test_stopped_members_cost_no_cpu_work_and_leave_the_others_unchanged(batch_size, chunk, monkeypatch):
+def test_stopped_members_cost_no_cpu_work_and_leave_the_others_unchanged(batch_size, chunk, model, monkeypatch):
     monkeypatch.setattr(sys.modules["grokcore.train"], "cpu_chunk_size", lambda members, work: chunk)
-    config = small_config(seeds=3, sweep={"lr": [1e-3, 5e-3]}, batch_size=batch_size)  # 6 members
+    config = small_config(model=model, seeds=3, sweep={"lr": [1e-3, 5e-3]}, batch_size=batch_size)  # 6 members
     whole, pruned = Trainer(config, torch.device("cpu")), Trainer(config, torch.device("cpu"))
     for _ in range(5):
         whole.train_step()
@@ -468,20 +469,35 @@ def test_stopped_members_cost_no_cpu_work_and_leave_the_others_unchanged(batch_s
     assert torch.equal(pruned.flat.detach(), before)
 
 
+@pytest.mark.parametrize("seeds", [1, 2])  # 5 members sharing one validation set; 10, each with its own
 @pytest.mark.parametrize("chunk", [1, 2])  # one at a time without vmap; in chunks of 2 through vmap or the model's own
 @pytest.mark.parametrize("model", MODELS, ids=["vmap", "forward_members"])
-def test_members_run_in_chunks_train_exactly_as_all_at_once(model, chunk, monkeypatch):
-    config = small_config(model=model, seeds=3, sweep={"lr": [1e-3, 5e-3]}, batch_size=16)
+def test_members_run_in_chunks_train_exactly_as_all_at_once(model, chunk, seeds, monkeypatch):
+    config = small_config(model=model, seeds=seeds, sweep={"lr": [1e-3, 2e-3, 3e-3, 4e-3, 5e-3]}, batch_size=16)
+    members = 5 * seeds
     whole = Trainer(config, torch.device("cpu"))
-    asked, sizes = [], []
-    monkeypatch.setattr(sys.modules["grokcore.train"], "cpu_chunk_size", lambda members, work: asked.append(members) or chunk)
+    asked, calls = [], []
+    train = sys.modules["grokcore.train"]
+    monkeypatch.setattr(train, "cpu_chunk_size", lambda members, work: asked.append(members) or chunk)
+    # Count the calls of what runs a chunk: the model's forward_members, or the network through
+    # functional_call (which vmap calls once per chunk, and the one-at-a-time path once per member).
+    if isinstance(model, gc.ModularMLP):
+        inner = gc.models.ModularMLPModel.forward_members
+        counted = lambda self, *args: calls.append(1) or inner(self, *args)  # noqa: E731
+        monkeypatch.setattr(gc.models.ModularMLPModel, "forward_members", counted)
+    else:
+        inner = train.functional_call
+        monkeypatch.setattr(train, "functional_call", lambda *args: calls.append(1) or inner(*args))
+    vmapped, real_vmap = [], train.vmap
+    monkeypatch.setattr(train, "vmap", lambda f, **kw: vmapped.append(kw["chunk_size"]) or real_vmap(f, **kw))
     chunked = Trainer(config, torch.device("cpu"))
-    assert asked == [6]
-    forward = chunked._forward
-    chunked._forward = lambda params, x: sizes.append(len(x)) or forward(params, x)
+    assert asked == [members]
+    # Through vmap only the transformer in chunks of 2 (training and shared-input forwards).
+    assert vmapped == ([2, 2] if chunk == 2 and isinstance(model, gc.Transformer) else [])
     for _ in range(10):
         whole.train_step()
+        calls.clear()
         chunked.train_step()
-    assert sizes == [6] * 10  # the chunks are taken inside the forward
+        assert len(calls) == math.ceil(members / chunk)  # the last chunk is short
     assert torch.allclose(whole.flat.detach(), chunked.flat.detach(), atol=1e-6, rtol=1e-5)
     assert torch.allclose(whole.evaluate(), chunked.evaluate(), atol=1e-6, rtol=1e-5)

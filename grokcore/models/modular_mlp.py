@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from grokcore.config import POSITIVE, Spec, interval, spec_field
@@ -46,26 +47,37 @@ class ModularMLPModel(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, T) -> outputs (B, n_values)."""
+        n = self.inp.shape[1]
+        operands = tokens[:, list(self.positions)]
+        if operands.numel() and (operands.min() < 0 or operands.max() >= n):  # forward_members would read another row
+            low, high = operands.min().item(), operands.max().item()
+            raise IndexError(f"operand tokens must be in 0..{n - 1}, got {low}..{high}")
         return self.forward_members({"inp": self.inp[None], "out": self.out[None]}, tokens[None])[0]
 
     def forward_members(self, params: dict[str, Tensor], tokens: Tensor) -> Tensor:
         """K networks at once: ``params`` (K, *shape) per parameter, tokens (K, B, T) ->
-        outputs (K, B, n_values). The training loop calls this instead of ``vmap``.
+        outputs (K, B, n_values), for any K; ``tokens`` may be a view expanded over members.
+        The training loop calls this instead of ``vmap``, and does not check the tokens: an
+        operand outside 0..n-1 would read another operand's or member's row.
 
         The rows of all K first layers form one table, so each operand's lookup is one
-        ``index_select``, whose backward is one ``index_add_``. Through vmap, a lookup and its
-        backward cost 4-5 times as much on the CPU (770 µs for 8 members of the Gromov MLP
-        with p = 31, N = 128, 480 examples), and an 8-member step took 2.9 ms instead of 2.2
-        (benchmarks/ensemble_cpu.py, 2 cores)."""
+        lookup in it. On the CPU that is ``index_select``, whose backward (``index_add_``)
+        is 2.5 times as fast as the embedding's; through vmap, a lookup and its backward cost
+        4-5 times as much (770 µs for 8 members of the Gromov MLP with p = 31, N = 128 and
+        480 examples, on 2 cores), and an 8-member step took 2.9 ms instead of 2.2. On a GPU
+        it is the embedding, whose backward adds in a fixed order, where ``index_add_``'s
+        atomic adds would make uncompiled runs differ in their last bits from run to run.
+        """
         U, W = params["inp"], params["out"]  # (K, S, n, N), (K, N, n)
         K, S, n, N = U.shape
         table = U.reshape(K * S * n, N)
         first_row = torch.arange(K, device=tokens.device)[:, None] * (S * n)  # member k's U_0
         hidden = None
         for s, pos in enumerate(self.positions):
-            rows = torch.index_select(table, 0, (tokens[..., pos] + first_row + s * n).reshape(-1))
+            index = (tokens[..., pos] + first_row + s * n).reshape(-1)
+            rows = torch.index_select(table, 0, index) if table.is_cpu else F.embedding(index, table)
             hidden = rows if hidden is None else hidden + rows  # starting at 0 would cost one more pass
-        return torch.bmm(hidden.view(K, -1, N).pow(self.cfg.power), W)
+        return torch.bmm(hidden.view(K, -1, N).pow(self.cfg.power), W)  # K = 1 too: faster than mm on the CPU
 
 
 def analytic_solution(
