@@ -44,6 +44,22 @@ def test_members_forward_equals_each_network_alone():
         assert all(torch.allclose(g[k], a, atol=1e-5) for g, a in zip(grads, alone))
 
 
+def test_the_gpu_lookup_gives_the_cpu_lookup_values_and_gradients(monkeypatch):
+    """rows_of takes the embedding off the CPU; run that branch here against index_select."""
+    torch.manual_seed(0)
+    task = gc.AlgorithmicTask(op="x+y", p=7, op_token=False)
+    model = ModularMLP(width=5).build(task.model_dims())
+    params = {"inp": torch.randn(3, 2, 7, 5, requires_grad=True), "out": torch.randn(3, 5, 7, requires_grad=True)}
+    tokens = task.examples()[0][torch.randint(0, 49, (3, 20))]
+    results = []
+    for devices in (("cpu",), ()):
+        monkeypatch.setattr(gc.models.modular_mlp, "INDEX_SELECT_DEVICES", devices)
+        out = model.forward_members(params, tokens)
+        results.append((out, *torch.autograd.grad(out.square().sum(), list(params.values()))))
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 @pytest.mark.parametrize("token", [-1, 5])
 def test_an_operand_outside_the_table_is_refused(token):
     model = ModularMLP(width=4).build(gc.AlgorithmicTask(op="x+y", p=5, op_token=False).model_dims())

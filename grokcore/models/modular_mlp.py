@@ -61,12 +61,9 @@ class ModularMLPModel(nn.Module):
         operand outside 0..n-1 would read another operand's or member's row.
 
         The rows of all K first layers form one table, so each operand's lookup is one
-        lookup in it. On the CPU that is ``index_select``, whose backward (``index_add_``)
-        is 2.5 times as fast as the embedding's; through vmap, a lookup and its backward cost
-        4-5 times as much (770 µs for 8 members of the Gromov MLP with p = 31, N = 128 and
-        480 examples, on 2 cores), and an 8-member step took 2.9 ms instead of 2.2. On a GPU
-        it is the embedding, whose backward adds in a fixed order, where ``index_add_``'s
-        atomic adds would make uncompiled runs differ in their last bits from run to run.
+        lookup in it (:func:`rows_of`). Through vmap, a lookup and its backward cost 4-5 times
+        as much on the CPU (770 µs for 8 members of the Gromov MLP with p = 31, N = 128 and
+        480 examples, on 2 cores), and an 8-member step took 2.9 ms instead of 2.2.
         """
         U, W = params["inp"], params["out"]  # (K, S, n, N), (K, N, n)
         K, S, n, N = U.shape
@@ -75,9 +72,23 @@ class ModularMLPModel(nn.Module):
         hidden = None
         for s, pos in enumerate(self.positions):
             index = (tokens[..., pos] + first_row + s * n).reshape(-1)
-            rows = torch.index_select(table, 0, index) if table.is_cpu else F.embedding(index, table)
+            rows = rows_of(table, index)
             hidden = rows if hidden is None else hidden + rows  # starting at 0 would cost one more pass
         return torch.bmm(hidden.view(K, -1, N).pow(self.cfg.power), W)  # K = 1 too: faster than mm on the CPU
+
+
+#: Devices where :func:`rows_of` uses ``index_select``.
+INDEX_SELECT_DEVICES = ("cpu",)
+
+
+def rows_of(table: Tensor, index: Tensor) -> Tensor:
+    """``table[index]`` for a 1-d index. On the CPU through ``index_select``, whose backward
+    (``index_add_``) is 2.5 times as fast as the embedding's there; elsewhere through the
+    embedding, whose backward adds in a fixed order, where ``index_add_``'s atomic adds on a
+    GPU would make uncompiled runs differ in their last bits from run to run."""
+    if table.device.type in INDEX_SELECT_DEVICES:
+        return torch.index_select(table, 0, index)
+    return F.embedding(index, table)
 
 
 def analytic_solution(
