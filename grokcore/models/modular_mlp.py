@@ -47,18 +47,16 @@ class ModularMLPModel(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, T) -> outputs (B, n_values)."""
-        n = self.inp.shape[1]
-        operands = tokens[:, list(self.positions)]
-        if operands.numel() and (operands.min() < 0 or operands.max() >= n):  # forward_members would read another row
-            low, high = operands.min().item(), operands.max().item()
-            raise IndexError(f"operand tokens must be in 0..{n - 1}, got {low}..{high}")
-        return self.forward_members({"inp": self.inp[None], "out": self.out[None]}, tokens[None])[0]
+        first, *rest = (F.embedding(tokens[:, pos], self.inp[s]) for s, pos in enumerate(self.positions))
+        hidden = sum(rest, first)  # starting at 0 would cost one more pass over (B, N)
+        return hidden.pow(self.cfg.power) @ self.out
 
     def forward_members(self, params: dict[str, Tensor], tokens: Tensor) -> Tensor:
         """K networks at once: ``params`` (K, *shape) per parameter, tokens (K, B, T) ->
         outputs (K, B, n_values), for any K; ``tokens`` may be a view expanded over members.
-        The training loop calls this instead of ``vmap``, and does not check the tokens: an
-        operand outside 0..n-1 would read another operand's or member's row.
+        The training loop calls this instead of ``vmap`` over :meth:`forward`. It does not
+        check the tokens (that would cost a host sync a step): an operand outside 0..n-1
+        would read another operand's or member's row, where :meth:`forward` raises.
 
         The rows of all K first layers form one table, so each operand's lookup is one
         lookup in it (:func:`rows_of`). Through vmap, a lookup and its backward cost 4-5 times
