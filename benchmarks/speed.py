@@ -42,7 +42,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grokcore as gc  # noqa: E402
-from grokcore.train import Trainer, build_member, functional_call, vmap  # noqa: E402
+from grokcore.train import Trainer, build_member  # noqa: E402
 
 
 def sync():
@@ -101,8 +101,7 @@ class VmapTrainer(Trainer):
     """The trainer as it was before a model could run its own members: vmap for every model."""
 
     def _members_forward(self, K, chunk):
-        forward = lambda params, x: functional_call(self.base, params, (x,))  # noqa: E731
-        return vmap(forward, in_dims=(0, 0), chunk_size=chunk), vmap(forward, in_dims=(0, None), chunk_size=chunk)
+        return self._vmapped_forward(chunk)
 
 
 def plain_setup(config: gc.RunConfig, device):

@@ -3,8 +3,8 @@
 The members' weights are the rows of one (K, P) tensor. ``torch.func.vmap`` over
 ``functional_call`` runs the K networks as one batched network (a model with a
 ``forward_members`` method batches them itself), one backward pass gives every member's
-gradient, and :class:`~grokcore.optim.EnsembleAdamW` updates all rows at
-once. K = 1 is an ordinary run. The loop never branches on the paper: the task gives
+gradient, and :class:`~grokcore.optim.EnsembleAdamW` updates all rows at once. K = 1 is an
+ordinary run. The loop never branches on the paper: the task gives
 tensors and a loss kind, the model config gives a module.
 
 Batches are drawn without a random-number generator state: the sort keys of member k at
@@ -288,7 +288,6 @@ class Trainer:
         parameters (M, *shape) of the M members in training (K, or fewer once some have
         stopped), one on inputs (M, B, ...) and one on inputs (B, ...) that every member
         shares; both give (M, B, outputs)."""
-        forward = lambda params, x: functional_call(self.base, params, (x,))  # noqa: E731
         members_forward = getattr(self.base, "forward_members", None)
         if members_forward is not None:
             # The model runs stacked members itself, faster than vmap's batching rules would.
@@ -301,9 +300,18 @@ class Trainer:
             # with their overhead and slower kernels: 7-27% of a step of the small models of
             # benchmarks/ensemble_cpu.py on 2 CPU cores, 9% of Power's uncompiled step on an H100.
             # Members taken one at a time likewise: 8 of Power's took 9.3 times one through vmap.
-            one = lambda params, x: forward({name: p[0] for name, p in params.items()}, x)[None]  # noqa: E731
+            one = lambda params, x: self._network({name: p[0] for name, p in params.items()}, x)[None]  # noqa: E731
             return in_chunks(lambda params, x: one(params, x[0]), chunk), in_chunks(one, chunk, shared=True)
-        return vmap(forward, in_dims=(0, 0), chunk_size=chunk), vmap(forward, in_dims=(0, None), chunk_size=chunk)
+        return self._vmapped_forward(chunk)
+
+    def _network(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """One network's forward with the given weights."""
+        return functional_call(self.base, params, (x,))
+
+    def _vmapped_forward(self, chunk: int | None) -> tuple[Callable, Callable]:
+        """The two forwards of :meth:`_members_forward` through vmap over :meth:`_network`."""
+        on_own = vmap(self._network, in_dims=(0, 0), chunk_size=chunk)
+        return on_own, vmap(self._network, in_dims=(0, None), chunk_size=chunk)
 
     def _set_compiled(self, on: bool) -> None:
         """Use compiled (or plain) versions of the step's loss and update, and of the metrics

@@ -498,6 +498,6 @@ def test_members_run_in_chunks_train_exactly_as_all_at_once(model, chunk, seeds,
         whole.train_step()
         calls.clear()
         chunked.train_step()
-        assert len(calls) == math.ceil(members / chunk)  # the last chunk is short
+        assert len(calls) == math.ceil(members / chunk)  # 5 members in chunks of 2: the last is short
     assert torch.allclose(whole.flat.detach(), chunked.flat.detach(), atol=1e-6, rtol=1e-5)
     assert torch.allclose(whole.evaluate(), chunked.evaluate(), atol=1e-6, rtol=1e-5)
