@@ -48,11 +48,15 @@ CASES = {
 }
 
 
+def case_trainer(case: dict, members: int) -> Trainer:
+    return Trainer(gc.RunConfig(name="bench", steps=10, seeds=members, **case), torch.device("cpu"))
+
+
 def step_seconds(case: dict, members: tuple[int, ...] = (1, 8), blocks: int = 8, block: int = 10) -> list[float]:
     """Median seconds per step for each ensemble size. The sizes take turns in blocks of
     steps, so that a slow spell of a shared machine weighs on each alike; the first two steps
     of a block, which find the caches full of the other ensemble, are not counted."""
-    trainers = [Trainer(gc.RunConfig(name="bench", steps=10, seeds=k, **case), torch.device("cpu")) for k in members]
+    trainers = [case_trainer(case, k) for k in members]
     times = [[] for _ in trainers]
     for _ in range(blocks):
         for trainer, series in zip(trainers, times):
@@ -68,7 +72,7 @@ def matmul_flops(case: dict) -> float:
     """Floating-point operations of one member's step in matrix products (forward and backward)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    trainer = Trainer(gc.RunConfig(name="bench", steps=10, seeds=1, **case), torch.device("cpu"))
+    trainer = case_trainer(case, 1)
     with FlopCounterMode(display=False) as counter:
         trainer.train_step()
     return counter.get_total_flops()

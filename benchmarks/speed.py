@@ -163,8 +163,8 @@ def plain_power(config: gc.RunConfig, device, steps: int) -> float:
     return steps / (time.perf_counter() - t0)
 
 
-def grokcore_steps_per_s(config: gc.RunConfig, device, steps: int, trainer_class=Trainer, **options) -> float:
-    return timed_trainer(config, device, steps, trainer_class, **options)[0]
+def grokcore_steps_per_s(config: gc.RunConfig, device, steps: int, **options) -> float:
+    return timed_trainer(config, device, steps, **options)[0]
 
 
 def timed_trainer(config: gc.RunConfig, device, steps: int, trainer_class=Trainer, **options) -> tuple[float, Trainer]:
