@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from grokcore import AlgorithmicTask, ConfigError, SumEmbeddingMLP, Transformer
+from grokcore import AlgorithmicTask, ConfigError, SumEmbeddingMLP, ToyAddition, Transformer
 from grokcore.models.transformer import sinusoidal_positions
 
 
@@ -146,3 +146,18 @@ def test_sinusoidal_positions_need_an_even_width():
 def test_mlp_widths_must_be_positive():
     with pytest.raises(ConfigError, match="^hidden = "):
         SumEmbeddingMLP(hidden=(200, 0))
+
+
+def test_toy_model_decodes_the_sum_of_two_embeddings_by_hand():
+    """Liu et al.'s toy model: tanh(W1 (E_a + E_b) + b1) W2 + b2, with one output per sum 0..2p-2."""
+    model = SumEmbeddingMLP(embed_dim=2, hidden=(3,), activation="tanh").build(ToyAddition(p=4).model_dims())
+    E = model.embed.weight.tolist()
+    W1, b1 = model.decoder[0].weight.tolist(), model.decoder[0].bias.tolist()
+    W2, b2 = model.decoder[2].weight.tolist(), model.decoder[2].bias.tolist()
+    assert len(b2) == 7
+    for a in range(4):
+        for b in range(a, 4):
+            x = [E[a][i] + E[b][i] for i in range(2)]
+            h = [math.tanh(sum(W1[j][i] * x[i] for i in range(2)) + b1[j]) for j in range(3)]
+            expected = [sum(W2[o][j] * h[j] for j in range(3)) + b2[o] for o in range(7)]
+            assert model(torch.tensor([[a, b]]))[0].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-6)

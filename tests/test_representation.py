@@ -106,6 +106,27 @@ def test_phase_of_each_synthetic_history():
     assert phases.loc[1, "val_step"] == 3000
 
 
+def test_phase_boundaries_of_synthetic_histories():
+    """A delay of exactly ``lag`` is grokking; validation first is comprehension, however
+    early; validation without training is confusion (training never fit)."""
+    h = pd.DataFrame(history(0, 200, 1200) + history(1, 200, 1100) + history(2, 3000, 200) + history(3, None, 500))
+    phases = classify_phases(h, threshold=0.9, lag=1000)["phase"].tolist()
+    assert phases == ["grokking", "comprehension", "comprehension", "confusion"]
+
+
+def test_rqi_standardises_with_the_sample_standard_deviation():
+    """Three of the seven parallelograms of this embedding miss by (0, 1): a mean square of
+    1/2 divided by the sample variance, which this delta sits just above; divided by the
+    population variance (10/9 larger a gap) they would miss the cut."""
+    rows = [[6 * k, y] for k, y in enumerate([0, 0, 1, 0, 3])]
+    flat = [x for row in rows for x in row]
+    mean = sum(flat) / len(flat)
+    sample_variance = sum((x - mean) ** 2 for x in flat) / (len(flat) - 1)
+    gap = 0.5 / sample_variance
+    assert gap < 0.007 < gap * 10 / 9
+    assert rqi(torch.tensor(rows, dtype=torch.float64), 0.007) == pytest.approx(3 / 7)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_toy_split_trains_on_every_sum(seed):
     import grokcore as gc

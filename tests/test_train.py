@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import grokcore as gc
+from grokcore.optim import EnsembleAdamW
 from grokcore.train import (
     MALLOC_ENV,
     Trainer,
@@ -71,6 +72,37 @@ def test_single_member_equals_torch_adamw():
         trainer.train_step()
     expected = plain_pytorch_trajectory(config, config.members()[0], 25)
     assert torch.allclose(trainer.flat.detach()[0], expected, atol=2e-5, rtol=1e-4)
+
+
+def plain_python_adamw(p, grads, lr, wd, betas, eps, warmup, active):
+    """AdamW with a linear warm-up on a list of floats; a step with ``active`` False moves no
+    weight (its learning rate is 0) but still updates the moments."""
+    (b1, b2), m, v = betas, [0.0] * len(p), [0.0] * len(p)
+    for t, (g, on) in enumerate(zip(grads, active)):
+        a = lr * min(1.0, t / warmup) * on
+        p = [x * (1 - a * wd) for x in p]
+        m = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g)]
+        v = [b2 * vi + (1 - b2) * gi * gi for vi, gi in zip(v, g)]
+        c1, c2 = 1 - b1 ** (t + 1), math.sqrt(1 - b2 ** (t + 1))
+        p = [x - a / c1 * mi / (math.sqrt(vi) / c2 + eps) for x, mi, vi in zip(p, m, v)]
+    return p
+
+
+def test_ensemble_adamw_rows_equal_adamw_written_out_per_member():
+    K, P, T = 3, 4, 12
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(K, P, generator=generator, dtype=torch.float64)
+    scales = torch.tensor([1.0, 1e-3, 10.0], dtype=torch.float64)[:, None]  # eps matters for member 1
+    grads = torch.randn(T, K, P, generator=generator, dtype=torch.float64) * scales
+    lr, wd, eps = [1e-2, 3e-2, 5e-3], [0.0, 0.5, 2.0], [1e-8, 1e-2, 1e-1]
+    active = [[True] * T, [t < 5 for t in range(T)], [True] * T]  # member 1 stops after 5 steps
+    params = start.clone()
+    opt = EnsembleAdamW(params, gc.AdamW(betas=(0.8, 0.95), warmup_steps=3), *(torch.tensor(v) for v in (lr, wd, eps)))
+    for t in range(T):
+        opt.step(grads[t], torch.tensor([[float(active[k][t])] for k in range(K)], dtype=torch.float64))
+    for k in range(K):
+        expected = plain_python_adamw(start[k].tolist(), grads[:, k].tolist(), lr[k], wd[k], (0.8, 0.95), eps[k], 3, active[k])
+        assert params[k].tolist() == pytest.approx(expected, rel=1e-6, abs=1e-9), k
 
 
 def test_compile_only_where_it_pays_off():
@@ -186,19 +218,35 @@ def test_init_scale_multiplies_every_initial_weight():
 def test_batches_are_without_replacement_and_capped():
     """Each member draws min(512, ceil(n / 2)) examples (Power et al.'s batch rule) from its own
     training split, without replacement, and never a padding slot, when the splits' sizes differ."""
-    config = small_config(batch_size=512, max_batch_fraction=0.5, sweep={"train_fraction": [0.3, 0.9]})
+    config = small_config(batch_size=20, max_batch_fraction=0.5, sweep={"train_fraction": [0.31, 0.9]})
     trainer = Trainer(config, torch.device("cpu"))
     idx, weight = trainer.sample_batch()
     for k, member in enumerate(trainer.members):
-        n_train = int(member["train_fraction"] * 121)
+        n_train = int(member["train_fraction"] * 121)  # 37 (odd: half rounds up) and 108 (the cap binds)
         own = trainer.data.train_idx[k][trainer.data.train_weight[k] > 0].tolist()
         assert len(own) == n_train
         real = idx[k][weight[k] > 0].tolist()
-        assert len(real) == -(-n_train // 2)
+        assert len(real) == min(20, -(-n_train // 2))
         assert len(set(real)) == len(real)
         assert set(real) <= set(own)
     trainer.step_count += 1
     assert not torch.equal(trainer.sample_batch()[0], idx)
+
+
+def test_members_with_different_seeds_draw_different_batches():
+    """Positions within each member's own split, so that differing splits cannot pass for differing draws."""
+    trainer = Trainer(small_config(batch_size=8, seeds=2), torch.device("cpu"))
+    idx, _ = trainer.sample_batch()
+    positions = [sorted(trainer.data.train_idx[k].tolist().index(i) for i in idx[k].tolist()) for k in range(2)]
+    assert positions[0] != positions[1]
+
+
+def test_every_n_steps_schedules_include_the_first_and_last_step():
+    config = small_config(steps=1000, eval_points=2, checkpoints=0, checkpoint_every=250, eval_every=300)
+    evals = eval_schedule(config)
+    assert {0, 300, 600, 900, 1000} <= set(evals)
+    assert checkpoint_schedule(config, evals) == [0, 250, 500, 750, 1000]
+    assert 1000 in eval_schedule(small_config(steps=1000, eval_points=2, checkpoints=0))
 
 
 def test_schedules_are_log_spaced_and_dense_early():
@@ -287,14 +335,17 @@ def test_a_crash_between_evaluations_loses_at_most_save_every_s(tmp_path, monkey
     assert saved["trainer"]["step"] == 50
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("until", [17, 19])  # between evaluations, and at one
+def test_resume_equals_uninterrupted_run(tmp_path, until):
     config = small_config(batch_size=16, steps=40, eval_points=12, seeds=2)
+    assert (until in eval_schedule(config)) == (until == 19)
     whole = gc.train(config, root=tmp_path / "a", progress=False).history
-    partial = gc.train(config, root=tmp_path / "b", until=17, progress=False)
-    assert not partial.done and (partial.path / "state.pt").exists()
+    partial = gc.train(config, root=tmp_path / "b", until=until, progress=False)
+    assert not partial.done
+    assert torch.load(partial.path / "state.pt", weights_only=False)["trainer"]["step"] == until
     resumed = gc.train(config, root=tmp_path / "b", progress=False).history
     columns = [c for c in whole.columns if c != "wall_time"]
-    assert len(whole) == len(resumed)
+    assert len(whole) == len(resumed) == 2 * len(eval_schedule(config))
     assert whole[columns].equals(resumed[columns])
 
 
@@ -356,6 +407,68 @@ def test_stop_at_freezes_members(tmp_path):
     with torch.no_grad():
         acc = (run.model()(inputs[val_idx]).argmax(-1) == targets[val_idx]).float().mean().item()
     assert acc == pytest.approx(h["val_acc"].iloc[-1], abs=1e-6)
+
+
+def val_acc_by_hand(run, step, member, config):
+    """Validation accuracy of a checkpointed member, counted one example at a time."""
+    inputs, targets = config.task.examples()
+    _, val_idx = config.task.split(config.members()[member]["seed"], config.members()[member].get("train_fraction"))
+    with torch.no_grad():
+        predictions = run.model(step, member)(inputs[val_idx]).argmax(-1).tolist()
+    return sum(int(a == b) for a, b in zip(predictions, targets[val_idx].tolist())) / len(val_idx)
+
+
+def two_speed_config(**changes):
+    """Member 0 (lr 1e-2) reaches 50% validation accuracy early; member 1 (lr 1e-6) never does."""
+    return small_config(task=gc.AlgorithmicTask(op="x+y", p=11, train_fraction=0.9), steps=300, stop_at=0.5,
+                        eval_points=30, sweep={"lr": [1e-2, 1e-6]}, **changes)
+
+
+def test_a_stopped_member_is_frozen_while_the_other_trains_on(tmp_path):
+    config = two_speed_config(checkpoints=30)
+    run = gc.train(config, root=tmp_path, progress=False)
+    h = run.history
+    h0, h1 = h[h.member == 0], h[h.member == 1]
+    stop = int(h0.step.max())
+    assert stop < 300 and h1.step.max() == 300
+    assert (h0.val_acc.iloc[:-1] < 0.5).all() and h0.val_acc.iloc[-1] >= 0.5  # stopped at the first row there
+    later = [s for s in run.checkpoint_steps if s > stop]
+    assert later
+    at_stop = run.flat_params(stop)[0]
+    for step in later:  # neither decayed nor pushed on by its momentum
+        assert torch.equal(run.flat_params(step)[0], at_stop), step
+    assert val_acc_by_hand(run, later[-1], 0, config) == pytest.approx(h0.val_acc.iloc[-1])
+
+
+def test_stop_at_one_stops_at_the_first_perfect_evaluation(tmp_path):
+    config = small_config(task=gc.AlgorithmicTask(op="x+y", p=7, train_fraction=0.9), steps=800, stop_at=1.0,
+                          optim=gc.AdamW(lr=1e-2, weight_decay=1.0, warmup_steps=5), eval_points=60, checkpoints=0)
+    h = gc.train(config, root=tmp_path, progress=False).history
+    assert (h.val_acc == 1.0).any(), "the run must reach 100% for this test to mean anything"
+    assert h.step.max() == h.loc[h.val_acc == 1.0, "step"].min()
+
+
+def test_resume_after_a_member_stopped_keeps_it_stopped(tmp_path):
+    config = two_speed_config(checkpoints=2)
+    whole = gc.train(config, root=tmp_path / "a", progress=False)
+    stop = int(whole.history.query("member == 0").step.max())
+    gc.train(config, root=tmp_path / "b", until=stop + 7, progress=False)
+    resumed = gc.train(config, root=tmp_path / "b", progress=False)
+    columns = [c for c in whole.history.columns if c != "wall_time"]
+    assert whole.history[columns].equals(resumed.history[columns])
+    assert torch.equal(whole.flat_params(300), resumed.flat_params(300))
+
+
+def test_each_member_s_history_carries_its_own_settings_and_metrics(tmp_path):
+    config = small_config(seeds=2, sweep={"lr": [1e-3, 5e-3], "weight_decay": [0.0, 1.0]}, batch_size=16, steps=12)
+    run = gc.train(config, root=tmp_path, progress=False)
+    h = run.history
+    for k, member in enumerate(config.members()):
+        rows = h[h.member == k]
+        assert list(rows.step) == sorted(rows.step)
+        for key in ("seed", "lr", "weight_decay"):
+            assert (rows[key] == member[key]).all(), key
+        assert rows.val_acc.iloc[-1] == pytest.approx(val_acc_by_hand(run, 12, k, config))
 
 
 @pytest.mark.parametrize(

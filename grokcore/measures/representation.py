@@ -39,8 +39,10 @@ def classify_phases(history: pd.DataFrame, threshold: float = 0.9, lag: float = 
     """Each member's phase by Liu et al.'s criteria (appendix A, Table 1).
 
     Within the run's budget: *comprehension* if train and validation accuracy both reach
-    ``threshold`` less than ``lag`` steps apart, *grokking* if validation gets there ``lag`` or
-    more steps after training, *memorization* if only training does, *confusion* if neither.
+    ``threshold`` and validation gets there less than ``lag`` steps after training (or before
+    it), *grokking* if validation gets there ``lag`` or more steps after training,
+    *memorization* if only training does, *confusion* if training never does, whatever
+    validation does.
     """
     train = first_step(history, "train_acc", threshold)
     val = first_step(history, "val_acc", threshold)
