@@ -394,6 +394,16 @@ def test_hash_is_stable_and_sensitive():
     assert as_ints.hash() == as_floats.hash()
 
 
+def val_acc_by_hand(run, step, member, config):
+    """Validation accuracy of a member at checkpoint ``step`` (None: the last), counted one example at a time."""
+    inputs, targets = config.task.examples()
+    settings = config.members()[member]
+    _, val_idx = config.task.split(settings["seed"], settings.get("train_fraction"))
+    with torch.no_grad():
+        predictions = run.model(step, member)(inputs[val_idx]).argmax(-1).tolist()
+    return sum(int(a == b) for a, b in zip(predictions, targets[val_idx].tolist())) / len(val_idx)
+
+
 def test_stop_at_freezes_members(tmp_path):
     config = small_config(task=gc.AlgorithmicTask(op="x+y", p=11, train_fraction=0.9), steps=400, stop_at=0.5, eval_points=40)
     run = gc.train(config, root=tmp_path, progress=False)
@@ -402,20 +412,7 @@ def test_stop_at_freezes_members(tmp_path):
     assert h["step"].max() < 400
     # The network as it stopped is kept, and it is the one that reached stop_at.
     assert run.checkpoint_steps[-1] == h["step"].max()
-    inputs, targets = config.task.examples()
-    _, val_idx = config.task.split(0)
-    with torch.no_grad():
-        acc = (run.model()(inputs[val_idx]).argmax(-1) == targets[val_idx]).float().mean().item()
-    assert acc == pytest.approx(h["val_acc"].iloc[-1], abs=1e-6)
-
-
-def val_acc_by_hand(run, step, member, config):
-    """Validation accuracy of a checkpointed member, counted one example at a time."""
-    inputs, targets = config.task.examples()
-    _, val_idx = config.task.split(config.members()[member]["seed"], config.members()[member].get("train_fraction"))
-    with torch.no_grad():
-        predictions = run.model(step, member)(inputs[val_idx]).argmax(-1).tolist()
-    return sum(int(a == b) for a, b in zip(predictions, targets[val_idx].tolist())) / len(val_idx)
+    assert val_acc_by_hand(run, None, 0, config) == pytest.approx(h["val_acc"].iloc[-1], abs=1e-6)
 
 
 def two_speed_config(**changes):
