@@ -101,7 +101,9 @@ def test_ensemble_adamw_rows_equal_adamw_written_out_per_member():
     for t in range(T):
         opt.step(grads[t], torch.tensor([[float(active[k][t])] for k in range(K)], dtype=torch.float64))
     for k in range(K):
-        expected = plain_python_adamw(start[k].tolist(), grads[:, k].tolist(), lr[k], wd[k], (0.8, 0.95), eps[k], 3, active[k])
+        expected = plain_python_adamw(
+            start[k].tolist(), grads[:, k].tolist(), lr[k], wd[k], (0.8, 0.95), eps[k], 3, active[k]
+        )
         assert params[k].tolist() == pytest.approx(expected, rel=1e-6, abs=1e-9), k
 
 
