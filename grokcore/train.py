@@ -47,7 +47,7 @@ from grokcore.runs import (
     exclusive,
     run_path,
 )
-from grokcore.tasks.base import example_loss, per_example
+from grokcore.tasks.base import loss_gradient, per_example
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "weight_norm")
 
@@ -314,7 +314,7 @@ class Trainer:
         return on_own, vmap(self._network, in_dims=(0, None), chunk_size=chunk)
 
     def _set_compiled(self, on: bool) -> None:
-        """Use compiled (or plain) versions of the step's loss and update, and of the metrics
+        """Use compiled (or plain) versions of the step's forward and update, and of the metrics
         where the run evaluates often enough to repay compiling them."""
         self.use_compile = on
         evaluations = len(eval_schedule(self.config))
@@ -322,7 +322,7 @@ class Trainer:
         def compiled(f, pays_off=True):
             return torch.compile(f, dynamic=False, options=self.compile_options) if on and pays_off else f
 
-        self._loss_fn, self._update_fn = compiled(self._batch_loss), compiled(self.opt.step)
+        self._outputs_fn, self._update_fn = compiled(self._outputs_and_gradient), compiled(self.opt.step)
         self.metrics_compiled = on and compile_metrics_pays_off(evaluations, len(self.members), graphed=self.graph_evaluations)
         self._metrics_fn = compiled(self._metrics, self.metrics_compiled)
 
@@ -367,11 +367,18 @@ class Trainer:
         pos = keys.topk(min(self.batch, n), dim=1, largest=False, sorted=True).indices
         return train_idx.gather(1, pos), self.batch_weight[:, : pos.shape[1]]
 
-    def _batch_loss(self, flat: Tensor, idx: Tensor, weight: Tensor) -> Tensor:
-        """Sum over members of each member's mean loss on its batch."""
+    def _outputs_and_gradient(self, flat: Tensor, idx: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """Every member's outputs on its batch, and the gradient with respect to them of the
+        sum over members of each member's mean loss. The backward pass starts from there: a
+        step never needs the loss's value (evaluations compute it), and the closed-form
+        gradient is one fused kernel where the loss's forward and backward took three, one a
+        reduction over the whole batch (Nanda's compiled step on an H200: 226 µs, not 245)."""
         x, y = self.data.inputs[idx], self.data.targets[idx]
-        losses = example_loss(self.data.loss, self._forward(unflatten(flat, self.base), x), y)
-        return ((losses * weight).sum(1) / weight.sum(1)).sum()
+        outputs = self._forward(unflatten(flat, self.base), x)
+        with torch.no_grad():
+            share = weight / weight.sum(1, keepdim=True)  # each example's part of its member's mean
+            gradient = loss_gradient(self.data.loss, outputs, y) * share[..., None]
+        return outputs, gradient
 
     def _step(self) -> None:
         """One update of every member: only device work, no host sync (graph-capturable)."""
@@ -381,10 +388,10 @@ class Trainer:
             self.step_count += 1
             return
         if rows is None:
-            loss = self._loss_fn(self.flat, idx, weight)
+            outputs, gradient = self._outputs_fn(self.flat, idx, weight)
         else:  # only the members still training run forward and backward
-            loss = self._loss_fn(self.flat[rows], idx[rows], weight[rows])
-        (grad,) = torch.autograd.grad(loss, self.flat)
+            outputs, gradient = self._outputs_fn(self.flat[rows], idx[rows], weight[rows])
+        (grad,) = torch.autograd.grad(outputs, self.flat, gradient)
         self._update_fn(grad, self.active)
         self.step_count += 1
 

@@ -8,7 +8,7 @@ import torch
 
 from grokcore import AlgorithmicTask, ConfigError, ToyAddition
 from grokcore.tasks.algorithmic import OPS, PERM_OPS
-from grokcore.tasks.base import example_loss
+from grokcore.tasks.base import example_loss, loss_gradient
 
 P = 11
 
@@ -203,3 +203,25 @@ def test_losses_match_their_formulas_by_hand():
     for loss, expected in (("mse", mse), ("cross_entropy", ce)):
         got = example_loss(loss, torch.tensor(outputs), torch.tensor(targets))
         assert got.tolist() == pytest.approx(expected, rel=1e-6), loss
+
+
+def test_loss_gradients_match_their_derivatives_by_hand_and_autograd():
+    """The trainer's backward starts from loss_gradient: softmax minus the one-hot target
+    for cross entropy, 2 (o - onehot) / C for mse, written out here in plain Python, and
+    equal to autograd's derivative of example_loss."""
+    outputs = [[0.5, -1.0, 2.0, 0.0], [3.0, 0.25, -0.5, 1.0]]
+    targets = [2, 1]
+    ce = [
+        [math.exp(o) / sum(math.exp(v) for v in row) - (c == t) for c, o in enumerate(row)]
+        for row, t in zip(outputs, targets)
+    ]
+    mse = [[2 * (o - (c == t)) / len(row) for c, o in enumerate(row)] for row, t in zip(outputs, targets)]
+    for loss, expected in (("cross_entropy", ce), ("mse", mse)):
+        x, y = torch.tensor(outputs, requires_grad=True), torch.tensor(targets)
+        got = loss_gradient(loss, x, y)
+        for row, want in zip(got.tolist(), expected):
+            assert row == pytest.approx(want, rel=1e-6, abs=1e-7), loss
+        (by_autograd,) = torch.autograd.grad(example_loss(loss, x, y).sum(), x)
+        torch.testing.assert_close(got, by_autograd)
+    with pytest.raises(ValueError, match="^loss = 'hinge' is not allowed"):
+        loss_gradient("hinge", torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))

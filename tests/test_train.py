@@ -137,7 +137,7 @@ def test_failed_compile_falls_back_to_the_same_trajectory():
         raise RuntimeError("inductor cannot compile this")
 
     broken.use_compile = True  # the CPU never compiles; pretend it did, with a failing compiler
-    broken._loss_fn = broken._metrics_fn = failing
+    broken._outputs_fn = broken._metrics_fn = failing
     with pytest.warns(UserWarning, match="torch.compile failed"):
         broken.train_step()
     assert not broken.use_compile

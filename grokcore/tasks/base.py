@@ -106,6 +106,18 @@ def example_loss(loss: str, outputs: Tensor, targets: Tensor) -> Tensor:
     raise ValueError(f"loss = {loss!r} is not allowed: must be one of {', '.join(LOSSES)}")
 
 
+def loss_gradient(loss: str, outputs: Tensor, targets: Tensor) -> Tensor:
+    """Each example's gradient of :func:`example_loss` with respect to its ``outputs``
+    (..., C): softmax(outputs) minus the one-hot target for cross-entropy, and
+    2 (outputs - one-hot) / C for ``mse``. A training step needs only this, not the loss."""
+    onehot = F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype)
+    if loss == "cross_entropy":
+        return outputs.softmax(-1) - onehot
+    if loss == "mse":
+        return (outputs - onehot) * (2 / outputs.shape[-1])
+    raise ValueError(f"loss = {loss!r} is not allowed: must be one of {', '.join(LOSSES)}")
+
+
 def per_example(loss: str, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """Per-example loss and accuracy (1.0 where the arg-max output is the target)."""
     correct = (outputs.argmax(-1) == targets).to(outputs.dtype)
