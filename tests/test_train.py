@@ -440,10 +440,15 @@ def test_a_stopped_member_is_frozen_while_the_other_trains_on(tmp_path):
 
 
 def test_stop_at_one_stops_at_the_first_perfect_evaluation(tmp_path):
-    config = small_config(task=gc.AlgorithmicTask(op="x+y", p=7, train_fraction=0.9), steps=800, stop_at=1.0,
-                          optim=gc.AdamW(lr=1e-2, weight_decay=1.0, warmup_steps=5), eval_points=60, checkpoints=0)
+    # Gromov's quadratic MLP: 100% near step 250 of 600 for every seed we tried, past 99% before.
+    # (A tiny transformer's 5-pair validation set flickered, and whether it reached 100% at
+    # all changed with the CPU's thread count.)
+    config = small_config(task=gc.AlgorithmicTask(op="x+y", p=17, train_fraction=0.6, op_token=False, loss="mse"),
+                          model=gc.ModularMLP(width=64), batch_size=None, steps=600, stop_at=1.0, eval_points=60,
+                          optim=gc.AdamW(lr=5e-3, weight_decay=5.0, betas=(0.9, 0.98), warmup_steps=0), checkpoints=0)
     h = gc.train(config, root=tmp_path, progress=False).history
     assert (h.val_acc == 1.0).any(), "the run must reach 100% for this test to mean anything"
+    assert (h.val_acc >= 0.99).sum() > 1, "and pass 99% before, so that stopping there would differ"
     assert h.step.max() == h.loc[h.val_acc == 1.0, "step"].min()
 
 
