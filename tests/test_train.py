@@ -74,6 +74,39 @@ def test_single_member_equals_torch_adamw():
     assert torch.allclose(trainer.flat.detach()[0], expected, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("model", MODELS, ids=["transformer", "modular_mlp"])
+@pytest.mark.parametrize("batch_size", [None, 40], ids=["full_batch", "batch_40"])
+def test_each_members_gradient_is_that_of_its_own_mean_loss(model, batch_size):
+    """Members with different training fractions (padded index rows) and, with a batch cap of
+    half the training set, different batch sizes: the trainer's gradient row k is the gradient
+    of member k's own mean loss, computed by an nn.Module on its real examples alone. A wrong
+    scale per member would pass the trajectory tests, since AdamW undoes most of it."""
+    mse = isinstance(model, gc.ModularMLP)
+    task = gc.AlgorithmicTask(op="x+y", p=11, op_token=not mse, loss="mse" if mse else "cross_entropy")
+    config = small_config(task=task, model=model, batch_size=batch_size, max_batch_fraction=0.5,
+                          sweep={"train_fraction": [0.3, 0.5, 0.8]})
+    trainer = Trainer(config, torch.device("cpu"))
+    trainer.train_step()  # away from the initial weights
+    idx, weight = trainer.sample_batch()
+    counts = weight.sum(1).long().tolist()
+    assert len(set(counts)) == 3, "the members must differ in how many examples they average over"
+    outputs, gradient = trainer._outputs_and_gradient(trainer.flat, idx, weight)
+    (grad,) = torch.autograd.grad(outputs, trainer.flat, gradient)
+    inputs, targets = config.task.examples()
+    for k, member in enumerate(config.members()):
+        net = build_member(config, member)
+        torch.nn.utils.vector_to_parameters(trainer.flat.detach()[k], net.parameters())
+        real = idx[k, : counts[k]]  # real examples come first, padding after
+        assert weight[k, counts[k]:].sum() == 0
+        out = net(inputs[real])
+        if mse:
+            loss = F.mse_loss(out, F.one_hot(targets[real], out.shape[-1]).float())
+        else:
+            loss = F.cross_entropy(out, targets[real])
+        expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(net.parameters()))])
+        torch.testing.assert_close(grad[k], expected, rtol=1e-4, atol=1e-7)
+
+
 def plain_python_adamw(p, grads, lr, wd, betas, eps, warmup, active):
     """AdamW with a linear warm-up on a list of floats; a step with ``active`` False moves no
     weight (its learning rate is 0) but still updates the moments."""
