@@ -371,8 +371,9 @@ class Trainer:
         """Every member's outputs on its batch, and the gradient with respect to them of the
         sum over members of each member's mean loss. The backward pass starts from there: a
         step never needs the loss's value (evaluations compute it), and the closed-form
-        gradient is one fused kernel where the loss's forward and backward took three, one a
-        reduction over the whole batch (Nanda's compiled step on an H200: 226 µs, not 245)."""
+        gradient needs no reduction over the batch: the loss's own two kernels, one such a
+        reduction in a single thread block, took 20 of the 245 µs of Nanda's compiled step on
+        an H200, and the step took 226 µs without them."""
         x, y = self.data.inputs[idx], self.data.targets[idx]
         outputs = self._forward(unflatten(flat, self.base), x)
         with torch.no_grad():
