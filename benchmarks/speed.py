@@ -244,6 +244,10 @@ def main() -> None:
     add(case, "ratio", "speed-up (plain s / ours s)", plain["seconds"] / new_process, "new process, disk cache warm")
     add(case, "ratio", "speed-up (plain s / ours s)", plain["seconds"] / seconds[1], "compile cache warm")
     add(case, "ratio", "speed-up (plain s / ours s)", plain["seconds"] / seconds[2], "CUDA graphs only")
+    # The floor under the warm row: the compiled step alone (benchmarks/step_profile.py breaks it down).
+    step_sps = grokcore_steps_per_s(nanda_config(stop_at=None), device, args.steps, torch_compile=True)
+    add(case, "grokcore", "µs per step", 1e6 / step_sps, "compiled step alone, CUDA graph replays")
+    add(case, "plain", "µs per step", 1e6 * plain["seconds"] / plain["steps"], "training step, test forward, 2 .item()")
 
     # (b) Power x/y mod 97, batch 512: steps per second. grokcore's default for a single
     # 1e5-step run replays CUDA graphs without compiling (compile_pays_off); a longer run,
