@@ -1,4 +1,4 @@
-"""Typed, validated, hashable configurations.
+"""Typed, validated, content-hashed configurations.
 
 Every experiment is described by a :class:`RunConfig` made of small frozen dataclasses
 (one per concern: task, model, optimiser). Each field is checked when the object is built,
@@ -273,6 +273,8 @@ class AdamW(Spec):
 
     def validate(self):
         for prefix, overrides in self.groups.items():
+            if not isinstance(prefix, str) or not prefix.strip("."):
+                raise ConfigError(f"groups key {prefix!r} is not allowed: must be a parameter-name prefix such as 'embed'")
             if not isinstance(overrides, dict) or not set(overrides) <= {"lr", "weight_decay"}:
                 raise ConfigError(
                     f"groups[{prefix!r}] = {overrides!r} is not allowed: must be a dict with keys lr and/or weight_decay"
@@ -281,6 +283,9 @@ class AdamW(Spec):
                 number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
                 if not number or value < 0 or (key == "lr" and value == 0):
                     raise ConfigError(f"groups[{prefix!r}][{key!r}] = {value!r} is not allowed: must be a number > 0 (lr) or >= 0")
+        # Kept as floats (1 -> 1.0), so that equal groups hash alike, as sweeps do.
+        groups = {prefix: {key: float(value) for key, value in overrides.items()} for prefix, overrides in self.groups.items()}
+        object.__setattr__(self, "groups", groups)
         if len(self.betas) != 2:
             raise ConfigError(f"betas = {self.betas!r} is not allowed: must be two numbers in [0, 1)")
         for b in self.betas:
@@ -318,7 +323,9 @@ class RunConfig(Spec):
     model: Spec = spec_field(doc="the architecture (grokcore.models)")
     optim: AdamW = spec_field(default_factory=AdamW, doc="the optimiser")
     steps: int = spec_field(10_000, check=POSITIVE, doc="optimisation steps")
-    batch_size: Optional[int] = spec_field(None, check=POSITIVE, doc="None: full batch")
+    batch_size: Optional[int] = spec_field(
+        None, check=POSITIVE, doc="None: the whole training set (the full batch, unless max_batch_fraction caps it)"
+    )
     max_batch_fraction: float = spec_field(
         1.0, check=interval(0, 1, lo_open=True), doc="cap the batch at this fraction of the train set (Power: 0.5)"
     )
@@ -352,8 +359,15 @@ class RunConfig(Spec):
                 raise ConfigError(f"sweep[{key!r}] = {values!r} is not allowed: must be a non-empty list")
             if key == "seed":
                 raise ConfigError("sweep key 'seed' is not allowed: use seed= and seeds=")
+        if self.seed + self.seeds > 2**63:  # seeds live in int64 tensors
+            raise ConfigError(f"seed = {self.seed} is not allowed with seeds = {self.seeds}: seed + seeds must be at most 2**63")
+        for i, prefix in enumerate(self.track_norms):
+            if not prefix.strip(".") or prefix in self.track_norms[:i]:
+                raise ConfigError(
+                    f"track_norms = {self.track_norms!r} is not allowed: must be distinct parameter-name prefixes such as 'unembed'"
+                )
         # Each value must be valid where it will be used, and is kept as that section holds
-        # it (1 -> 1.0), so that equal sweeps hash alike; tuples keep the config hashable.
+        # it (1 -> 1.0), so that equal sweeps hash alike.
         normalised = {}
         for key, values in sorted(self.sweep.items()):
             section = getattr(self, SWEEPABLE[key])

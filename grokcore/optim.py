@@ -16,9 +16,12 @@ from grokcore.config import AdamW
 class EnsembleAdamW:
     """AdamW with per-member learning rate, weight decay and epsilon; a linear warm-up.
 
-    For one member with scalar hyper-parameters this performs the same arithmetic, in the
-    same order, as ``torch.optim.AdamW`` (its single-tensor path) driven by
-    ``LambdaLR(lambda t: min(1, t / warmup_steps))``.
+    For one member with scalar hyper-parameters this is the update of ``torch.optim.AdamW``
+    (its single-tensor path) driven by ``LambdaLR(lambda t: min(1, t / warmup_steps))``, in
+    the same order, but not to the bit: the learning rate, the warm-up factor and the bias
+    corrections are float32 tensors on the device here (a step never reads a value back to
+    the host), where torch computes them as Python floats. After 200 steps on random gradients,
+    1,000 weights drawn N(0, 1) differed from torch's by at most 2.4e-7.
     """
 
     def __init__(self, params: Tensor, spec: AdamW, lr: Tensor, weight_decay: Tensor, eps: Tensor):

@@ -6,7 +6,8 @@
         config.json        the resolved config, the code version, when and where it ran
         history.csv        one row per (member, evaluation step)
         checkpoints/       step_0000123.pt: every member's weights at log-spaced steps
-        state.pt           everything needed to resume (weights, optimiser, RNG, history)
+        state.pt           everything needed to resume (weights, optimiser, step, history; batches
+                           come from a hash of (seed, step), so there is no RNG state)
         DONE               written last: the run is finished and is never retrained
 
 Every file is written atomically (a temporary file, then ``os.replace``), so a crash

@@ -187,7 +187,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def build_member(config: RunConfig, member: dict) -> nn.Module:
     """Member's freshly initialised network (on the CPU, seeded, scaled by init_scale)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(member["seed"])
+        # The CPU's generator only: torch.manual_seed would also reseed the caller's GPUs.
+        torch.random.default_generator.manual_seed(member["seed"])
         model = config.model.build(config.task.model_dims())
     scale = member.get("init_scale", 1.0)
     if scale != 1.0:
@@ -249,10 +250,11 @@ class Trainer:
 
         # Batch sizes: Power et al. use min(512, half the training set), hence the cap.
         counts = self.data.train_count.round().long().tolist()
-        if config.batch_size is None:
-            self.batch = None
+        if config.batch_size is None and config.max_batch_fraction == 1:
+            self.batch = None  # the full batch
         else:
-            sizes = [min(config.batch_size, math.ceil(config.max_batch_fraction * n)) for n in counts]
+            cap = math.inf if config.batch_size is None else config.batch_size
+            sizes = [min(cap, math.ceil(config.max_batch_fraction * n)) for n in counts]
             width = max(sizes)
             self.batch = width
             self.batch_weight = (torch.arange(width)[None, :] < torch.tensor(sizes)[:, None]).float().to(device)
@@ -327,10 +329,12 @@ class Trainer:
         self._metrics_fn = compiled(self._metrics, self.metrics_compiled)
 
     def columns(self, prefix: str, parameter: str) -> list[tuple[int, int]]:
-        """Column ranges, in the flat weight rows, of the parameters whose name starts with ``prefix``."""
+        """Column ranges, in the flat weight rows, of the parameters named ``prefix`` or inside
+        the module it names: "blocks.1" is blocks.1.* but not blocks.10.*."""
         ranges, offset = [], 0
+        module = prefix.rstrip(".")
         for name, p in self.base.named_parameters():
-            if name.startswith(prefix):
+            if name == module or name.startswith(module + "."):
                 ranges.append((offset, offset + p.numel()))
             offset += p.numel()
         if not ranges:
@@ -699,7 +703,7 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: str, save
             signal.signal(sig, handler)
 
     write_history(path, trainer, rows)
-    (path / "DONE").write_text(f"{wall():.3f} s\n")
+    atomic_write_text(path / "DONE", f"{wall():.3f} s\n")
     state_file.unlink(missing_ok=True)  # the finished run keeps its checkpoints, not the resume state
     print(f"trained {config.run_name}: {step} steps x {K} member(s) in {wall():.1f} s on {trainer.device}")
 

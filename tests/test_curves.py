@@ -36,3 +36,10 @@ def test_loss_spikes_are_jumps_from_a_tiny_loss():
     assert list(loss_spikes(h).itertuples(index=False, name=None)) == expected
     assert list(loss_spikes(h, factor=10).itertuples(index=False, name=None)) == [(0, 30), (0, 60), (1, 40)]
     assert loss_spikes(h.sample(frac=1, random_state=0)).values.tolist() == [list(e) for e in expected]  # any row order
+
+
+def test_grokking_delays_name_the_member_column_without_swept_columns():
+    h = history({0: [(0, 0.5, 0.0, 1.0), (10, 1.0, 1.0, 0.0)], 3: [(0, 1.0, 0.0, 1.0)]}).drop(columns="seed")
+    delays = grokking_delays(h)
+    assert delays["member"].tolist() == [0, 3]
+    assert delays["train_step"].tolist() == [10, 0]

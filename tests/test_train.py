@@ -250,10 +250,12 @@ def test_init_scale_multiplies_every_initial_weight():
     assert torch.equal(Trainer(small_config(model=model), torch.device("cpu")).flat.detach()[0], swept[1])
 
 
-def test_batches_are_without_replacement_and_capped():
-    """Each member draws min(512, ceil(n / 2)) examples (Power et al.'s batch rule) from its own
-    training split, without replacement, and never a padding slot, when the splits' sizes differ."""
-    config = small_config(batch_size=20, max_batch_fraction=0.5, sweep={"train_fraction": [0.31, 0.9]})
+@pytest.mark.parametrize("batch_size", [20, None])
+def test_batches_are_without_replacement_and_capped(batch_size):
+    """Each member draws min(batch_size, ceil(n / 2)) examples (Power et al.'s batch rule; with
+    no batch size, half its split) from its own training split, without replacement, and never
+    a padding slot, when the splits' sizes differ."""
+    config = small_config(batch_size=batch_size, max_batch_fraction=0.5, sweep={"train_fraction": [0.31, 0.9]})
     trainer = Trainer(config, torch.device("cpu"))
     idx, weight = trainer.sample_batch()
     for k, member in enumerate(trainer.members):
@@ -261,7 +263,7 @@ def test_batches_are_without_replacement_and_capped():
         own = trainer.data.train_idx[k][trainer.data.train_weight[k] > 0].tolist()
         assert len(own) == n_train
         real = idx[k][weight[k] > 0].tolist()
-        assert len(real) == min(20, -(-n_train // 2))
+        assert len(real) == min(batch_size or n_train, -(-n_train // 2))
         assert len(set(real)) == len(real)
         assert set(real) <= set(own)
     trainer.step_count += 1
@@ -400,6 +402,27 @@ def test_checkpoints_restore_the_network(tmp_path):
         run.model(member=1)
 
 
+def test_tracked_norms_are_those_of_the_named_modules_alone(tmp_path):
+    """"blocks.1" is block 1, not blocks 10 and 11 too; a trailing dot changes nothing."""
+    model = gc.Transformer(n_layers=12, d_model=8, n_heads=2, d_mlp=8)
+    config = small_config(model=model, steps=1, track_norms=("blocks.1", "unembed."))
+    first = gc.train(config, root=tmp_path, progress=False).history.iloc[0]
+    network = build_member(config, config.members()[0])
+    by_hand = lambda module: math.sqrt(sum(float((p.detach().double() ** 2).sum()) for p in module.parameters()))  # noqa: E731
+    assert first["norm_blocks.1"] == pytest.approx(by_hand(network.blocks[1]), rel=1e-6)
+    assert first["norm_unembed."] == pytest.approx(by_hand(network.unembed), rel=1e-6)
+    assert first["weight_norm"] == pytest.approx(by_hand(network), rel=1e-6)
+
+
+def test_building_members_leaves_the_callers_gpu_generators_alone(monkeypatch):
+    """torch.manual_seed reseeds every GPU too (or queues it until CUDA starts): a run must not."""
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
+    monkeypatch.setattr(torch.cuda, "manual_seed", seeded.append)
+    Trainer(small_config(seeds=3), torch.device("cpu"))
+    assert seeded == []
+
+
 def test_a_prefix_that_names_no_parameter_leaves_no_run_folder(tmp_path):
     config = small_config(track_norms=("unembedding",))
     with pytest.raises(gc.ConfigError, match="unembedding"):
@@ -427,6 +450,8 @@ def test_hash_is_stable_and_sensitive():
     # The same sweep written with ints or floats is the same run.
     as_ints, as_floats = small_config(sweep={"weight_decay": [0, 1]}), small_config(sweep={"weight_decay": [0.0, 1.0]})
     assert as_ints.hash() == as_floats.hash()
+    groups = lambda value: small_config(optim=gc.AdamW(groups={"embed": {"lr": value}})).hash()  # noqa: E731
+    assert groups(1) == groups(1.0) != groups(2.0)
 
 
 def val_acc_by_hand(run, step, member, config):
@@ -531,6 +556,9 @@ def test_each_member_s_history_carries_its_own_settings_and_metrics(tmp_path):
         ({"stop_at": float("nan")}, "stop_at"),
         ({"optim": gc.AdamW(), "sweep": {"weight_decay": [float("inf")]}}, "weight_decay"),
         ({"sweep": [1e-3]}, "sweep"),
+        ({"track_norms": ("unembed", "unembed")}, "track_norms"),
+        ({"track_norms": ("",)}, "track_norms"),
+        ({"seed": 2**63 - 1, "seeds": 2}, "seed"),
     ],
 )
 def test_run_config_rejects_bad_values(changes, name):
@@ -545,6 +573,7 @@ def test_run_config_rejects_bad_values(changes, name):
         ({"groups": [1]}, "groups = [1]"),
         ({"groups": {"embed": {"lr": float("nan")}}}, "groups['embed']['lr'] = nan"),
         ({"groups": {"embed": {"momentum": 0.9}}}, "groups['embed'] = "),
+        ({"groups": {1: {"lr": 1e-3}}}, "groups key 1 "),
         ({"betas": (0.9, 1.0)}, "betas = "),
     ],
 )

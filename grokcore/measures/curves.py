@@ -23,7 +23,10 @@ def grokking_delays(history: pd.DataFrame, threshold: float = 0.99) -> pd.DataFr
     "not reached within ``budget`` steps".
     """
     keys = [c for c in MEMBER_COLUMNS if c in history.columns]
-    out = history.groupby("member")[keys[1:]].first() if len(keys) > 1 else pd.DataFrame(index=sorted(history["member"].unique()))
+    if len(keys) > 1:
+        out = history.groupby("member")[keys[1:]].first()
+    else:
+        out = pd.DataFrame(index=pd.Index(sorted(history["member"].unique()), name="member"))
     out["train_step"] = first_step(history, "train_acc", threshold)
     out["val_step"] = first_step(history, "val_acc", threshold)
     out["delay"] = out["val_step"] / out["train_step"].clip(lower=1)
