@@ -73,7 +73,7 @@ def _runs_table(frame, markdown: bool) -> str:
         return str(value)
 
     columns = ["run", "status", "members", "step", "train_acc", "val_acc", "reached_99", "wall_s", "created", "code"]
-    header = ["run", "status", "members", "step", "train acc", "val acc", "val >= 0.99", "wall s", "created (UTC)", "code"]
+    header = ["run", "status", "members", "last evaluated", "train acc", "val acc", "val >= 0.99", "wall s", "created (UTC)", "code"]
     lines = [[cell(row, c) for c in columns] for row in frame.to_dict("records")]
     if markdown:
         return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *lines])
@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     book_p = sub.add_parser("book", help="execute and build the whole book")
     book_p.add_argument("action", choices=["run", "build", "all"])
     book_p.add_argument("--preset", default="cpu", choices=book.PRESETS)
-    book_p.add_argument("--only", nargs="+", metavar="KEY", help="execute only notebooks whose path contains one of these")
+    book_p.add_argument(
+        "--only", nargs="+", metavar="KEY", help="run, all: execute only notebooks whose path contains one of these"
+    )
 
     run_p = sub.add_parser("run", help="execute one notebook at a preset")
     run_p.add_argument("notebook", type=Path)
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     runs_p.add_argument("--markdown", action="store_true", help="print a Markdown table (e.g. for a summary page)")
 
     args = parser.parse_args(argv)
+    if args.command == "book" and args.action == "build" and args.only:
+        book_p.error("--only selects the notebooks to execute (book run or book all); book build builds every page")
     if args.command == "runs":
         root = args.root or runs.runs_root()
         if not root.is_dir():
@@ -170,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             return _stopped("Ctrl-C", signal.SIGINT)
         except book.BookError as e:
-            parser.error(str(e))
+            book_p.error(str(e))
         print(f"executed the book at preset {args.preset!r} in {time.perf_counter() - t0:.0f} s")
     if args.action in ("build", "all"):
         index = book.build_html(args.preset, root)

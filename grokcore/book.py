@@ -222,7 +222,8 @@ def execute(root: Path, notebook: Path, preset: str, overrides: dict | None = No
                 extra_arguments=["--IPKernelApp.capture_fd_output=False", "--IPKernelApp.log_level=ERROR"],
             )
         except PapermillExecutionError as e:
-            failure = Failure(rel, f"cell {e.exec_count}", f"{e.ename}: {e.evalue}")
+            # Jupyter's label of the cell in the failed notebook; papermill's log counts every cell.
+            failure = Failure(rel, f"In [{e.exec_count}]", f"{e.ename}: {e.evalue}")
         except Exception as e:  # a kernel that died, a timeout, SIGTERM before the kernel: report
             failure = Failure(rel, "kernel", f"{type(e).__name__}: {e}")
         except BaseException:  # Ctrl-C: keep what ran, as a failed notebook

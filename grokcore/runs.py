@@ -199,8 +199,9 @@ def summary(root: Path | None = None) -> pd.DataFrame:
     """One row per run in the store: what it trains, how far it got, and where it ended.
 
     ``status`` is ``done``, ``training`` (a process holds its lock now), ``stopped`` (it has
-    saved state to resume from), ``empty`` (nothing saved yet) or ``unreadable: ...``. The
-    metrics are the mean over members at each member's last evaluation; ``reached_99`` counts
+    saved state to resume from), ``empty`` (nothing saved yet) or ``unreadable: ...``. ``step``
+    is the last evaluated step (a stopped run resumes from the step it saved, which may be
+    later), and the metrics are the mean over members at each member's last evaluation; ``reached_99`` counts
     the members whose validation accuracy ever reached 0.99."""
     root = Path(root) if root else runs_root()
     rows = []

@@ -140,6 +140,16 @@ def test_book_run_refuses_an_only_key_that_matches_no_notebook(monkeypatch, caps
         main(["book", "run", "--only", "power2022", "nanda2O23"])
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and "'nanda2O23' matches no notebook" in err and "book/nanda2023/" in err
+    assert "usage: python -m grokcore book" in err
+
+
+def test_book_build_refuses_only_which_it_would_ignore(monkeypatch, capsys):
+    from grokcore.__main__ import main
+
+    monkeypatch.setattr(book, "build_html", lambda *a, **k: pytest.fail("the book was built"))
+    with pytest.raises(SystemExit) as stopped:
+        main(["book", "build", "--only", "power2022"])
+    assert stopped.value.code == 2 and "book build builds every page" in capsys.readouterr().err
 
 
 def test_papermill_stops_at_once_on_an_impossible_value(tmp_path):
@@ -187,7 +197,8 @@ def test_book_runner_reports_a_failing_notebook_and_goes_on(tmp_path):
     failures = book.run_book("ci", root=tmp_path)
     assert len(failures) == 1
     assert failures[0].notebook == "book/demo/broken.ipynb"
-    assert "ValueError: boom 2" in failures[0].error and failures[0].cell.startswith("cell")
+    assert "ValueError: boom 2" in failures[0].error
+    assert failures[0].cell == "In [3]"  # the label beside the cell: parameters 1, injected 2, body 3
     executed = {name: book.executed_path(tmp_path, tmp_path / f"book/demo/{name}.ipynb", "ci") for name in ("broken", "fine")}
     assert executed["fine"].exists() and not book.failed_path(executed["fine"]).exists()
     assert not executed["broken"].exists() and book.failed_path(executed["broken"]).exists()

@@ -63,7 +63,7 @@ def test_runs_command_prints_a_table_or_markdown(tmp_path, capsys):
     capsys.readouterr()
     assert main(["runs", "--root", str(tmp_path)]) == 0
     header, line = capsys.readouterr().out.splitlines()
-    assert header.split()[:3] == ["run", "status", "members"]
+    assert header.split()[:5] == ["run", "status", "members", "last", "evaluated"]
     assert line.split()[:5] == [config.run_name, "done", "1", "30", "/"]
     assert main(["runs", "--root", str(tmp_path), "--markdown"]) == 0
     lines = capsys.readouterr().out.splitlines()
