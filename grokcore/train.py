@@ -512,10 +512,13 @@ class Trainer:
                 y = y.expand(logits.shape[0], -1)
             loss, correct = per_example(self.data.loss, logits, y)
             total = weight.sum(1)
-            out += [(loss * weight).sum(1) / total, (correct * weight).sum(1) / total]
-        out.append(flat.norm(dim=1))
+            # The fraction correct in float64, so that 9 of 10 is 0.9 in the history, as it
+            # is to stop_at; float32 would store 0.8999999762, below a threshold of 0.9.
+            accuracy = (correct * weight).sum(1).double() / total.double()
+            out += [((loss * weight).sum(1) / total).double(), accuracy]
+        out.append(flat.norm(dim=1).double())
         for ranges in self.tracked.values():
-            out.append(torch.cat([flat[:, a:b] for a, b in ranges], dim=1).norm(dim=1))
+            out.append(torch.cat([flat[:, a:b] for a, b in ranges], dim=1).norm(dim=1).double())
         return torch.stack(out, dim=1)
 
     # -- state ----------------------------------------------------------------------------

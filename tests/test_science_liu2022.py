@@ -15,9 +15,11 @@ pytestmark = pytest.mark.science
 
 def test_liu_toy_model_shows_all_four_phases(tmp_path):
     """Liu et al. 2022, Fig. 6c: on the toy addition model, the decoder's learning rate and
-    weight decay decide the phase. At a small learning rate, no weight decay comprehends,
-    some weight decay groks, and too much confuses. At a large learning rate the decoder
-    memorises. Generalising members have a perfectly structured (linear) embedding."""
+    weight decay decide the phase. A slow decoder without weight decay comprehends, and too
+    much weight decay confuses it; a fast decoder memorises. At a middle learning rate, more
+    weight decay turns comprehension into grokking: validation then trails training by more
+    than twice the lag. Generalising members have a perfectly structured (linear) embedding;
+    a memorising one does not."""
     config = gc.RunConfig(
         name="science-liu-phases",
         task=gc.ToyAddition(p=10, train_fraction=0.82),
@@ -25,23 +27,26 @@ def test_liu_toy_model_shows_all_four_phases(tmp_path):
         optim=gc.AdamW(betas=(0.9, 0.999), warmup_steps=0, groups={"embed": {"lr": 1e-3, "weight_decay": 0.0}}),
         steps=3000,
         batch_size=None,
-        sweep={"lr": [4.64e-4, 6e-3], "weight_decay": [0.0, 1.78, 8.0]},
+        sweep={"lr": [4.64e-4, 1.3e-3, 6e-3], "weight_decay": [0.0, 1.78, 3.56, 8.0]},
         eval_points=60,
         checkpoints=2,
     )
     run = gc.train(config, root=tmp_path, progress=False)
-    phases = classify_phases(run.history, threshold=0.9, lag=300).set_index(["lr", "weight_decay"])
+    lag = 300
+    phases = classify_phases(run.history, threshold=0.9, lag=lag).set_index(["lr", "weight_decay"])
     phase = phases["phase"].to_dict()
     assert phase[(4.64e-4, 0.0)] == "comprehension", phases
     assert phase[(4.64e-4, 8.0)] == "confusion", phases
     assert phase[(6e-3, 0.0)] == "memorization", phases
     assert phase[(6e-3, 1.78)] == "memorization", phases
-    # Grokking: generalisation that trails the fit much more than in comprehension.
+    assert phase[(1.3e-3, 1.78)] == "comprehension", phases
+    assert phase[(1.3e-3, 3.56)] == "grokking", phases
     delay = phases["val_step"] - phases["train_step"]
-    assert delay[(4.64e-4, 1.78)] > 2 * delay[(4.64e-4, 0.0)], phases
+    assert delay[(1.3e-3, 3.56)] > 2 * lag, phases
 
     quality = {key: rqi(run.model(member=int(m)).embed.weight) for key, m in phases["member"].items()}
-    assert quality[(4.64e-4, 0.0)] > 0.95 and quality[(4.64e-4, 1.78)] > 0.95, quality
+    for generalising in [(4.64e-4, 0.0), (1.3e-3, 1.78), (1.3e-3, 3.56)]:
+        assert quality[generalising] > 0.95, quality
     assert quality[(6e-3, 0.0)] < 0.5, quality
 
 
