@@ -12,8 +12,10 @@ launches cost nothing and the step's time is its kernels' time). It prints:
 - a table of the kernels of ``--profile-steps`` profiled steps (on the CPU, the operators),
   with calls and microseconds per step, the matrix products first, then the rest by time.
 
-The appendix's per-step figures (the compiled step's microseconds, its kernel count, the
-matrix products' share) come from this script. Run on a GPU machine; not part of CI.
+It measures a step as the appendix's per-step figures were measured (the compiled step's
+microseconds, its kernel count, the matrix products' share), which came from earlier,
+uncommitted scripts; the products' times one by one, each replayed on its own, are not part
+of it. Run on a GPU machine; not part of CI.
 """
 
 from __future__ import annotations

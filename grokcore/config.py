@@ -46,7 +46,7 @@ def interval(lo: float | None = None, hi: float | None = None, *, lo_open=False,
     so it is refused by name, and so are infinities."""
 
     def ok(v):
-        if not math.isfinite(v):
+        if not (isinstance(v, int) or math.isfinite(v)):  # isfinite overflows on a huge int
             return False
         if lo is not None and (v < lo or (lo_open and v == lo)):
             return False
@@ -359,8 +359,8 @@ class RunConfig(Spec):
                 raise ConfigError(f"sweep[{key!r}] = {values!r} is not allowed: must be a non-empty list")
             if key == "seed":
                 raise ConfigError("sweep key 'seed' is not allowed: use seed= and seeds=")
-        if self.seed + self.seeds > 2**63:  # seeds live in int64 tensors
-            raise ConfigError(f"seed = {self.seed} is not allowed with seeds = {self.seeds}: seed + seeds must be at most 2**63")
+        if self.seed + self.seeds > 2**32:  # seeds derived from it (a split's) must fit in 64 bits
+            raise ConfigError(f"seed = {self.seed} is not allowed with seeds = {self.seeds}: seed + seeds must be at most 2**32")
         for i, prefix in enumerate(self.track_norms):
             if not prefix.strip(".") or prefix in self.track_norms[:i]:
                 raise ConfigError(

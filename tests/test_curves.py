@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from grokcore.measures import grokking_delays, loss_spikes
@@ -43,3 +44,14 @@ def test_grokking_delays_name_the_member_column_without_swept_columns():
     delays = grokking_delays(h)
     assert delays["member"].tolist() == [0, 3]
     assert delays["train_step"].tolist() == [10, 0]
+
+
+def test_first_crossings_count_accuracies_that_older_runs_stored_in_float32():
+    """grokcore stored 9 of 10 as float32 (0.8999999762) until 2026-12-05: a finished run in a
+    run store keeps its history, and its 90% must still be 90%."""
+    stored = float(np.float32(0.9))
+    assert stored < 0.9
+    h = history({0: [(0, 0.5, 0.0, 1.0), (10, stored, stored, 0.1), (20, 1.0, 1.0, 0.0)]})
+    delays = grokking_delays(h, threshold=0.9)
+    assert delays.loc[0, "train_step"] == 10 and delays.loc[0, "val_step"] == 10
+    assert math.isnan(grokking_delays(history({0: [(0, 0.5, 0.89, 1.0)]}), threshold=0.9).loc[0, "val_step"])

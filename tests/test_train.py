@@ -77,15 +77,16 @@ def test_single_member_equals_torch_adamw():
 @pytest.mark.parametrize("model", MODELS, ids=["transformer", "modular_mlp"])
 @pytest.mark.parametrize("batch_size", [None, 40], ids=["full_batch", "batch_40"])
 def test_each_members_gradient_is_that_of_its_own_mean_loss(model, batch_size):
-    """Members with different training fractions (padded index rows) and, with a batch cap of
-    half the training set, different batch sizes: the trainer's gradient row k is the gradient
+    """Members with different training fractions (padded index rows of the full batch) and, with
+    a batch cap of half the training set, different batch sizes: the trainer's gradient row k is the gradient
     of member k's own mean loss, computed by an nn.Module on its real examples alone. A wrong
     scale per member would pass the trajectory tests, since AdamW undoes most of it."""
     mse = isinstance(model, gc.ModularMLP)
     task = gc.AlgorithmicTask(op="x+y", p=11, op_token=not mse, loss="mse" if mse else "cross_entropy")
-    config = small_config(task=task, model=model, batch_size=batch_size, max_batch_fraction=0.5,
+    config = small_config(task=task, model=model, batch_size=batch_size, max_batch_fraction=0.5 if batch_size else 1.0,
                           sweep={"train_fraction": [0.3, 0.5, 0.8]})
     trainer = Trainer(config, torch.device("cpu"))
+    assert (trainer.batch is None) == (batch_size is None)  # the full batch: the padded split itself
     trainer.train_step()  # away from the initial weights
     idx, weight = trainer.sample_batch()
     counts = weight.sum(1).long().tolist()
@@ -559,12 +560,19 @@ def test_each_member_s_history_carries_its_own_settings_and_metrics(tmp_path):
         ({"sweep": [1e-3]}, "sweep"),
         ({"track_norms": ("unembed", "unembed")}, "track_norms"),
         ({"track_norms": ("",)}, "track_norms"),
-        ({"seed": 2**63 - 1, "seeds": 2}, "seed"),
+        ({"seed": 2**32 - 1, "seeds": 2}, "seed"),
+        ({"seed": 10**400}, "seed"),
     ],
 )
 def test_run_config_rejects_bad_values(changes, name):
     with pytest.raises(gc.ConfigError, match=rf"^{name}"):
         small_config(**changes)
+
+
+def test_the_largest_seeds_allowed_train():
+    trainer = Trainer(small_config(seed=2**32 - 2, seeds=2), torch.device("cpu"))
+    assert trainer.seeds.tolist() == [2**32 - 2, 2**32 - 1]
+    trainer.train_step()
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 #: Columns that identify a member in a history (the swept hyper-parameters).
@@ -9,8 +10,13 @@ MEMBER_COLUMNS = ("member", "seed", "train_fraction", "lr", "weight_decay", "eps
 
 
 def first_step(history: pd.DataFrame, column: str, threshold: float = 0.99) -> pd.Series:
-    """Per member, the first evaluated step where ``column >= threshold`` (NaN if never)."""
-    hit = history[history[column] >= threshold]
+    """Per member, the first evaluated step where ``column >= threshold`` (NaN if never).
+
+    Compared in float32, as ``stop_at`` is: a history that grokcore wrote before it stored
+    accuracies in float64 (2026-12-05) holds 9 of 10 as 0.8999999762, which must still count
+    as 0.9; a float64 accuracy k / n falls inside float32's rounding of a threshold only for
+    evaluation sets of millions."""
+    hit = history[history[column].to_numpy(np.float32) >= np.float32(threshold)]
     steps = hit.groupby("member")["step"].min()
     return steps.reindex(sorted(history["member"].unique()))
 
