@@ -32,27 +32,31 @@ def test_rqi_ignores_the_embedding_scale_and_offset():
     # copy would score differently if the embedding were not standardised first.
     torch.manual_seed(0)
     a, b = torch.randn(3), torch.randn(3)
-    embedding = torch.stack([a + k * b for k in range(12)]) + 0.5 * torch.randn(12, 3)
+    embedding = torch.stack([a + k * b for k in range(12)]) + 0.2 * torch.randn(12, 3)
     base = rqi(embedding)
     assert 0.2 < base < 0.8, base
-    for changed in (100 * embedding, embedding / 100, embedding + 7.0, -3 * embedding - 2.0):
+    per_dimension = torch.tensor([100.0, 1.0, 0.01])  # each dimension is standardised on its own
+    for changed in (100 * embedding, embedding / 100, embedding + 7.0, -3 * embedding - 2.0, per_dimension * embedding):
         assert rqi(changed) == base
 
 
 # Five tokens in 2-D: the x column is linear (6k), only the y column breaks the structure
-# (token 2 lifted by 1, token 4 by 3). The seven parallelograms of p = 5 then miss by (0, g)
-# with g = 1, -1, 3, -1, -2, 2, 4; after standardising, the mean square of (0, g) is
-# g**2 / 2 / 75.6 (75.6 the variance of the ten entries): 0.0066 for |g| = 1, 0.026 for
-# |g| = 2, 0.060 and 0.106 for 3 and 4. Unstandardised, every miss would be at least 0.5.
+# (token 2 lifted by 1, token 4 by 3). Each column is standardised on its own, so the x
+# column's gaps stay 0, and the seven parallelograms of p = 5 miss by (0, g) with
+# g = 1, -1, 3, -1, -2, 2, 4: a mean square of g**2 / 2 / 1.7 (1.7 the y column's sample
+# variance): 0.294 for |g| = 1, 1.18 for |g| = 2, 2.65 and 4.71 for 3 and 4.
 HAND_EMBEDDING = [[0, 0], [6, 0], [12, 1], [18, 0], [24, 3]]
 
 
 def brute_force_rqi(rows, delta):
-    flat = [x for row in rows for x in row]
-    mean = sum(flat) / len(flat)
-    std = math.sqrt(sum((x - mean) ** 2 for x in flat) / (len(flat) - 1))
-    e = [[(x - mean) / std for x in row] for row in rows]
-    p, d = len(e), len(e[0])
+    p, d = len(rows), len(rows[0])
+    e = [[0.0] * d for _ in range(p)]
+    for k in range(d):  # each column standardised on its own (sample standard deviation)
+        column = [row[k] for row in rows]
+        mean = sum(column) / p
+        std = math.sqrt(sum((x - mean) ** 2 for x in column) / (p - 1))
+        for t in range(p):
+            e[t][k] = (column[t] - mean) / std
     hits = total = 0
     for i in range(p):
         for j in range(i + 1, p):
@@ -66,21 +70,28 @@ def brute_force_rqi(rows, delta):
     return hits / total
 
 
-@pytest.mark.parametrize("delta, passing", [(0.003, 0), (0.01, 3), (0.05, 5), (0.08, 6), (0.2, 7)])
-@pytest.mark.parametrize("scale, offset", [(1.0, 0.0), (1e-3, 0.0), (1e3, -50.0)])
+@pytest.mark.parametrize("delta, passing", [(0.25, 0), (0.3, 3), (1.2, 5), (2.7, 6), (5.0, 7)])
+@pytest.mark.parametrize("scale, offset", [((1.0, 1.0), 0.0), ((1e-3, 1e-3), 0.0), ((1e3, 1e-2), -50.0)])
 def test_rqi_of_a_hand_built_embedding(delta, passing, scale, offset):
+    """The last case scales the two columns differently: standardised as one, the x column
+    would then swamp the y column's misses."""
     expected = passing / 7
     assert brute_force_rqi(HAND_EMBEDDING, delta) == pytest.approx(expected)
-    embedding = scale * torch.tensor(HAND_EMBEDDING, dtype=torch.float64) + offset
+    embedding = torch.tensor(scale, dtype=torch.float64) * torch.tensor(HAND_EMBEDDING, dtype=torch.float64) + offset
     assert rqi(embedding, delta) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("spacing", [6, 8])
-def test_rqi_default_delta_is_liu_s(spacing):
-    # Liu et al.'s delta = 0.01 lets through only the three parallelograms that miss by one.
-    # Spacing 6 puts them at 0.0066, spacing 8 puts the misses by two at 0.0147: together
-    # they pin the default between those two.
-    rows = [[spacing * k, y] for k, y in enumerate([0, 0, 1, 0, 3])]
+@pytest.mark.parametrize("spacing, gap_of_one, gap_of_two", [(6, 0.00912, 0.03646), (12, 0.00251, 0.01006)])
+def test_rqi_default_delta_is_liu_s(spacing, gap_of_one, gap_of_two):
+    # One dimension, 6k or 12k plus the lifts of HAND_EMBEDDING's y column: the parallelograms
+    # miss by g / std. Liu et al.'s delta = 0.01 lets through only the three that miss by one:
+    # at spacing 6 their gap is 0.00912, at spacing 12 the misses by two are at 0.01006, so
+    # the two pin the default between those values.
+    rows = [[spacing * k + y] for k, y in enumerate([0, 0, 1, 0, 3])]
+    column = [row[0] for row in rows]
+    mean = sum(column) / 5
+    variance = sum((x - mean) ** 2 for x in column) / 4
+    assert 1 / variance == pytest.approx(gap_of_one, abs=1e-5) and 4 / variance == pytest.approx(gap_of_two, abs=1e-5)
     assert brute_force_rqi(rows, 0.01) == pytest.approx(3 / 7)
     assert rqi(torch.tensor(rows, dtype=torch.float32)) == pytest.approx(3 / 7)
 
@@ -116,15 +127,20 @@ def test_phase_boundaries_of_synthetic_histories():
 
 def test_rqi_standardises_with_the_sample_standard_deviation():
     """Three of the seven parallelograms of this embedding miss by (0, 1): a mean square of
-    1/2 divided by the sample variance, which this delta sits just above; divided by the
-    population variance (10/9 larger a gap) they would miss the cut."""
+    1/2 divided by the y column's sample variance, which this delta sits just above; divided
+    by its population variance (5/4 larger a gap) they would miss the cut."""
     rows = [[6 * k, y] for k, y in enumerate([0, 0, 1, 0, 3])]
-    flat = [x for row in rows for x in row]
-    mean = sum(flat) / len(flat)
-    sample_variance = sum((x - mean) ** 2 for x in flat) / (len(flat) - 1)
+    y = [row[1] for row in rows]
+    mean = sum(y) / len(y)
+    sample_variance = sum((v - mean) ** 2 for v in y) / (len(y) - 1)
     gap = 0.5 / sample_variance
-    assert gap < 0.007 < gap * 10 / 9
-    assert rqi(torch.tensor(rows, dtype=torch.float64), 0.007) == pytest.approx(3 / 7)
+    assert gap < 0.3 < gap * 5 / 4
+    assert rqi(torch.tensor(rows, dtype=torch.float64), 0.3) == pytest.approx(3 / 7)
+
+
+def test_rqi_refuses_too_few_tokens():
+    with pytest.raises(ValueError, match=r"^embedding of shape \(2, 1\) is not allowed"):
+        rqi(torch.zeros(2, 1))
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -23,12 +23,16 @@ def parallelograms(p: int) -> list[tuple[int, int, int, int]]:
 def rqi(embedding: Tensor, delta: float = 0.01) -> float:
     """Representation Quality Index: the fraction of parallelograms the embedding satisfies.
 
-    The embedding (p, d) is first standardised (zero mean, unit standard deviation); a
-    parallelogram counts when the mean square of E_i + E_n - E_j - E_m is below ``delta``
-    (Liu et al., eqs. 1-3, appendix E; delta = 0.01 as in their code).
+    Each dimension of the embedding (p, d) is first standardised (zero mean, unit sample
+    standard deviation), as in their code (toy/train_add.py); a parallelogram counts when the
+    mean square of E_i + E_n - E_j - E_m is below ``delta`` (Liu et al., eqs. 1-3, appendix E;
+    delta = 0.01 as in their code). A dimension that does not vary makes every gap NaN, and
+    the RQI 0, there as here.
     """
+    if embedding.dim() != 2 or len(embedding) < 3:
+        raise ValueError(f"embedding of shape {tuple(embedding.shape)} is not allowed: must be (tokens, dims) with at least 3 tokens")
     e = embedding.detach().double()
-    e = (e - e.mean()) / e.std()
+    e = (e - e.mean(0)) / e.std(0)
     quads = torch.tensor(parallelograms(len(e)))
     i, j, m, n = quads.unbind(1)
     gap = (e[i] + e[n] - e[j] - e[m]).pow(2).mean(1)
