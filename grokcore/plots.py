@@ -13,7 +13,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import offset_copy
 
-from grokcore.measures.curves import first_step
+from grokcore.measures.curves import MEMBER_COLUMNS, first_step, one_member
 
 SPLIT_COLORS = {"train": "#1f77b4", "val": "#d62728"}
 BAND = ("pi", 100)  # min-max over seeds
@@ -27,9 +27,30 @@ def style() -> None:
 style()
 
 
+def held(history: pd.DataFrame) -> pd.DataFrame:
+    """``history`` with each member that stopped early (``stop_at``) held at its last
+    evaluation until the run's last one: its weights are frozen, and a mean over only the
+    members still training would jump when one stops."""
+    steps = np.sort(history["step"].unique())
+    tails = []
+    for _, rows in history.groupby("member"):
+        last = rows.loc[rows["step"].idxmax()]
+        later = steps[steps > last["step"]]
+        if len(later):
+            tails.append(pd.DataFrame([last] * len(later)).assign(step=later))
+    return pd.concat([history, *tails], ignore_index=True) if tails else history
+
+
+def _band_name(history: pd.DataFrame) -> str:
+    """What a band spans: "seeds" where the members differ only in their seed."""
+    members = history.groupby("member").first()
+    swept = [c for c in members.columns if c in MEMBER_COLUMNS and c != "seed" and members[c].nunique() > 1]
+    return "members" if swept or "seed" not in members else "seeds"
+
+
 def _long(history: pd.DataFrame, quantity: str) -> pd.DataFrame:
     cols = {f"train_{quantity}": "train", f"val_{quantity}": "val"}
-    frame = history[history["step"] >= 1].melt(
+    frame = held(history)[lambda h: h["step"] >= 1].melt(
         id_vars=["member", "step"], value_vars=list(cols), var_name="split", value_name=quantity
     )
     frame["split"] = frame["split"].map(cols)
@@ -40,7 +61,8 @@ def curves(history: pd.DataFrame, quantity: str = "acc", ax=None, threshold: flo
     """Train and validation ``acc`` or ``loss`` against step (log axis).
 
     For accuracy, dotted verticals mark the median step where each split first reaches
-    ``threshold``.
+    ``threshold``, a member that never does counting as never (no line where that is most of
+    them; the label says how many got there when some did not).
     """
     ax = ax or plt.gca()
     sns.lineplot(
@@ -53,10 +75,12 @@ def curves(history: pd.DataFrame, quantity: str = "acc", ax=None, threshold: flo
     if quantity == "acc" and threshold is not None:
         ax.axhline(threshold, color="grey", lw=0.8, ls=":")
         for split, color in SPLIT_COLORS.items():
-            step = first_step(history, f"{split}_acc", threshold).median()
+            steps = first_step(history, f"{split}_acc", threshold)
+            step = steps.fillna(np.inf).median()
             if np.isfinite(step):
+                reached = "" if steps.notna().all() else f" ({steps.notna().sum()} of {len(steps)})"
                 ax.axvline(step, color=color, lw=1.2, ls="--")
-                ax.annotate(f"{split} {threshold:.0%}\nstep {step:,.0f}", (step, 0.5), xytext=(4, 0),
+                ax.annotate(f"{split} {threshold:.0%}\nstep {step:,.0f}{reached}", (step, 0.5), xytext=(4, 0),
                             textcoords="offset points", color=color, fontsize=8, va="center")
     ax.set_ylabel({"acc": "accuracy", "loss": "loss"}.get(quantity, quantity))
     ax.legend(title=None, loc="best")
@@ -66,7 +90,7 @@ def curves(history: pd.DataFrame, quantity: str = "acc", ax=None, threshold: flo
 def weight_norm(history: pd.DataFrame, ax=None):
     """Total L2 norm of the weights against step (log axis)."""
     ax = ax or plt.gca()
-    sns.lineplot(data=history[history["step"] >= 1], x="step", y="weight_norm", color="k",
+    sns.lineplot(data=held(history)[lambda h: h["step"] >= 1], x="step", y="weight_norm", color="k",
                  errorbar=BAND if history["member"].nunique() > 1 else None, ax=ax)
     ax.set_xscale("log")
     ax.set_ylabel("weight norm")
@@ -80,13 +104,13 @@ def grokking_figure(history: pd.DataFrame, title: str = "", threshold: float = 0
     curves(history, "loss", axes[1], None)
     weight_norm(history, axes[2])
     n = history["member"].nunique()
-    fig.suptitle(title + (f"  (mean and min-max band over {n} seeds)" if n > 1 else ""), fontweight="bold")
+    fig.suptitle(title + (f"  (mean and min-max band over {n} {_band_name(history)})" if n > 1 else ""), fontweight="bold")
     fig.tight_layout()
     return fig
 
 
-def steps_to_generalise(delays: pd.DataFrame, x: str = "train_fraction", hue: str = "op", ax=None):
-    """Steps to the validation threshold against ``x``, one line per ``hue``.
+def steps_to_generalise(delays: pd.DataFrame, x: str = "train_fraction", hue: str = "op", ax=None, threshold: float = 0.99):
+    """Steps to the validation ``threshold`` (that of the ``delays``) against ``x``, one line per ``hue``.
 
     Members that never got there are drawn as open triangles at their step budget, so a
     missing point is never mistaken for a fast one.
@@ -114,7 +138,7 @@ def steps_to_generalise(delays: pd.DataFrame, x: str = "train_fraction", hue: st
     if len(missed):
         ax.scatter([], [], marker="^", facecolors="none", edgecolors="grey", label="not reached (at budget)")
     ax.set_yscale("log")
-    ax.set_ylabel("steps to 99% validation accuracy")
+    ax.set_ylabel(f"steps to {threshold:.0%} validation accuracy")
     ax.legend(title=None, fontsize=8)
     return ax
 
@@ -132,8 +156,10 @@ def phase_spans(ax, phases: dict[str, float], label: bool = False) -> None:
 
 
 def progress_measures_figure(history: pd.DataFrame, measures: pd.DataFrame, phases: dict[str, float]):
-    """Nanda et al.'s Figure 7 layout: losses, excluded/restricted loss, Gini, weight norm."""
-    h = history[history["member"] == history["member"].iloc[0]]
+    """Nanda et al.'s Figure 7 layout: losses, excluded/restricted loss, Gini, weight norm, of
+    the one member whose ``history`` and ``measures`` are given."""
+    one_member(history)
+    h = history
     fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
     (loss, acc, ex), (gin, wn, rest) = axes
     for ax in axes.flat:

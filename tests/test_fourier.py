@@ -154,3 +154,20 @@ def test_phases_are_located_from_the_measures():
     # A run that never generalises has no circuit-formation or clean-up boundary.
     stuck = fourier.phases(history.assign(val_loss=4.0), measures)
     assert stuck["memorisation_end"] == 300 and math.isnan(stuck["circuit_formation_end"]) and math.isnan(stuck["cleanup_end"])
+
+
+def test_measures_refuse_what_they_do_not_measure():
+    """Nanda et al.'s measures are for x + y over an odd prime, one member at a time."""
+    from types import SimpleNamespace
+
+    subtraction = SimpleNamespace(config=SimpleNamespace(task=gc.AlgorithmicTask(op="x-y", p=11)))
+    with pytest.raises(ValueError, match=r"^task.op = 'x-y' is not allowed"):
+        fourier.progress_measures(subtraction)
+    with pytest.raises(ValueError, match=r"^p = 2 is not allowed"):
+        fourier.fourier_basis(2)
+    two = pd.DataFrame({"member": [0, 1], "step": [0, 0], "val_loss": [1.0, 1.0]})
+    with pytest.raises(ValueError, match=r"^history has members \[0, 1\]"):
+        fourier.phases(two, pd.DataFrame())
+    with pytest.raises(ValueError, match=r"^values is empty"):
+        fourier.gini(torch.tensor([]))
+    assert math.isnan(fourier.gini(torch.zeros(4)))

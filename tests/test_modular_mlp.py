@@ -214,3 +214,8 @@ def test_neuron_phases_recover_the_planted_analytic_solution():
         for name, expected in (("in1", psi1[j]), ("in2", psi2[j]), ("out", psi1[j] + psi2[j])):
             assert abs(wrapped(row[f"phase_{name}"] - sign * expected)) < 1e-4, (j, name, row)
         assert abs(row.phase_sum_error) < 1e-4, (j, row)
+
+
+def test_primitive_root_refuses_p_two():
+    with pytest.raises(ValueError, match=r"^p = 2 is not allowed"):
+        primitive_root(2)

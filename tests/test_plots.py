@@ -5,9 +5,10 @@ import warnings
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import pytest
 from matplotlib.colors import to_rgba
 
-from grokcore.plots import steps_to_generalise
+from grokcore.plots import SPLIT_COLORS, curves, grokking_figure, held, progress_measures_figure, steps_to_generalise
 
 
 def legend_entries(ax) -> dict:
@@ -80,3 +81,63 @@ def test_triangles_on_a_categorical_axis():
     )
     ax = steps_to_generalise(delays, x="optimiser", ax=plt.figure().gca())
     assert sum(len(c.get_offsets()) for c in markers_at(ax, 1000)) == 2  # both misses, drawn at the budget
+
+
+def grokking_history(reached: dict[int, int | None], steps=(1, 100, 200, 300), stopped: dict[int, int] | None = None, **columns):
+    """Members whose validation accuracy jumps from 0.1 to 1.0 at ``reached[m]`` (None: never);
+    a member in ``stopped`` has no rows after that step, as stop_at leaves it."""
+    rows = []
+    for m, at in reached.items():
+        for s in steps:
+            if stopped and m in stopped and s > stopped[m]:
+                break
+            val = 1.0 if at is not None and s >= at else 0.1
+            rows.append({"member": m, "seed": m, "step": s, "train_acc": 1.0, "val_acc": val,
+                         "train_loss": 0.01, "val_loss": 1.0 - 0.9 * val, "weight_norm": 10.0 + m, **{k: v[m] for k, v in columns.items()}})
+    return pd.DataFrame(rows)
+
+
+def test_a_member_that_stopped_is_held_at_its_last_evaluation():
+    h = grokking_history({0: 100, 1: None}, stopped={0: 100})
+    assert h.query("member == 0")["step"].max() == 100
+    full = held(h)
+    member0 = full.query("member == 0").set_index("step")
+    assert list(member0.index) == [1, 100, 200, 300]
+    assert member0.loc[300, "val_acc"] == 1.0 and member0.loc[300, "weight_norm"] == 10.0
+    # So the mean at step 300 is (1.0 + 0.1) / 2, not member 1's 0.1 alone.
+    ax = curves(h, ax=plt.figure().gca())
+    val = next(line for line in ax.get_lines() if line.get_color() == SPLIT_COLORS["val"] and len(line.get_xdata()) == 4)
+    assert dict(zip(val.get_xdata(), val.get_ydata()))[300] == pytest.approx(0.55)
+
+
+@pytest.mark.parametrize("reached, line, label", [
+    ({0: 200, 1: None, 2: None}, None, None),          # the median member never got there
+    ({0: 200, 1: 300, 2: None}, 300, "(2 of 3)"),     # median of 200, 300 and never
+    ({0: 200, 1: 300, 2: 100}, 200, ""),
+])
+def test_the_median_step_counts_members_that_never_got_there(reached, line, label):
+    ax = curves(grokking_history(reached), ax=plt.figure().gca())
+    red = [l for l in ax.get_lines() if l.get_linestyle() == "--" and to_rgba(l.get_color()) == to_rgba(SPLIT_COLORS["val"])]
+    if line is None:
+        assert red == []
+        return
+    assert len(red) == 1 and red[0].get_xdata()[0] == line
+    text = next(t.get_text() for t in ax.texts if t.get_text().startswith("val"))
+    assert text.endswith(f"step {line}{' ' + label if label else ''}")
+
+
+def test_a_band_over_a_sweep_is_over_members_and_over_seeds_only_for_seeds():
+    seeds = grokking_figure(grokking_history({0: 100, 1: 200}))
+    assert "band over 2 seeds" in seeds._suptitle.get_text()
+    swept = grokking_figure(grokking_history({0: 100, 1: 200}, lr={0: 1e-3, 1: 3e-3}))
+    assert "band over 2 members" in swept._suptitle.get_text()
+
+
+def test_steps_to_generalise_names_its_threshold():
+    delays = pd.DataFrame({"op": ["a"], "train_fraction": [0.5], "val_step": [100.0], "budget": [1000]})
+    assert steps_to_generalise(delays, ax=plt.figure().gca(), threshold=0.9).get_ylabel() == "steps to 90% validation accuracy"
+
+
+def test_the_progress_figure_refuses_several_members():
+    with pytest.raises(ValueError, match=r"^history has members \[0, 1\]"):
+        progress_measures_figure(grokking_history({0: 100, 1: 200}), pd.DataFrame(), {})

@@ -21,6 +21,16 @@ def first_step(history: pd.DataFrame, column: str, threshold: float = 0.99) -> p
     return steps.reindex(sorted(history["member"].unique()))
 
 
+def one_member(history: pd.DataFrame) -> None:
+    """Refuse a history of several members where a measure reads one member's curves (a
+    history without a member column is one member's)."""
+    if "member" not in history:
+        return
+    members = sorted(int(m) for m in history["member"].unique())
+    if len(members) != 1:
+        raise ValueError(f"history has members {members}: pass one member's rows, e.g. history.query('member == 0')")
+
+
 def grokking_delays(history: pd.DataFrame, threshold: float = 0.99) -> pd.DataFrame:
     """One row per member: the steps where train and validation accuracy reach ``threshold``.
 

@@ -30,12 +30,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from grokcore.measures.curves import one_member
+
 
 def fourier_basis(p: int) -> tuple[Tensor, list[str]]:
     """The orthonormal Fourier basis of functions on Z_p, as the rows of a (p, p) matrix.
 
     Row 0 is the constant; rows 2k-1 and 2k are cos and sin of 2 pi k x / p, k = 1..(p-1)/2.
     """
+    if p < 3 or p % 2 == 0:
+        raise ValueError(f"p = {p} is not allowed: the basis of cos and sin pairs needs an odd p >= 3")
     x = torch.arange(p, dtype=torch.float64)
     rows, names = [torch.ones(p, dtype=torch.float64)], ["const"]
     for k in range(1, (p - 1) // 2 + 1):
@@ -58,8 +62,13 @@ def frequency_norms(matrix: Tensor, p: int) -> Tensor:
 
 
 def gini(values: Tensor) -> float:
-    """Gini coefficient of non-negative values (Hurley & Rickard 2009)."""
+    """Gini coefficient of non-negative values (Hurley & Rickard 2009); NaN where every value
+    is 0, whose spread is undefined."""
+    if len(values) == 0:
+        raise ValueError("values is empty: the Gini coefficient needs at least one value")
     x = values.double().abs().sort().values
+    if x.sum() == 0:
+        return float("nan")
     n = len(x)
     k = torch.arange(1, n + 1, dtype=torch.float64)
     return float(1 - 2 * ((x / x.sum()) * ((n - k + 0.5) / n)).sum())
@@ -209,6 +218,10 @@ def progress_measures(run, member: int = 0, key_freqs: list[int] | None = None, 
     held fixed for all checkpoints, as in the paper. Returns (measures, key frequencies).
     """
     task = run.config.task
+    if getattr(task, "op", None) != "x+y":
+        raise ValueError(
+            f"task.op = {getattr(task, 'op', None)!r} is not allowed: the progress measures are Nanda et al.'s for 'x+y'"
+        )
     p = task.p
     m = run.members[member]
     train_idx, _ = task.split(m["seed"], m.get("train_fraction"))
@@ -249,8 +262,10 @@ def phases(history: pd.DataFrame, measures: pd.DataFrame, drop: float = 0.5, fra
     * clean-up ends once the embedding's Gini coefficient has made ``fraction`` of its rise
       from the start of clean-up to its final value.
 
-    Steps that cannot be located (a run that did not grok) are NaN.
+    Steps that cannot be located (a run that did not grok) are NaN. ``history`` and
+    ``measures`` are one member's.
     """
+    one_member(history)
     h = history.sort_values("step")
     m = measures.sort_values("step")
     memorised = float(m.loc[m["excluded_loss"].idxmin(), "step"])

@@ -127,7 +127,9 @@ def analytic_solution(
 
 
 def primitive_root(p: int) -> int:
-    """The smallest generator of the multiplicative group mod a prime p."""
+    """The smallest generator of the multiplicative group mod a prime p >= 3."""
+    if p < 3:
+        raise ValueError(f"p = {p} is not allowed: the multiplicative solution needs a prime p >= 3")
     factors = {d for d in range(2, p) if (p - 1) % d == 0 and all(d % e for e in range(2, int(d**0.5) + 1))}
     return next(g for g in range(2, p) if all(pow(g, (p - 1) // f, p) != 1 for f in factors))
 
