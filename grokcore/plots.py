@@ -34,10 +34,10 @@ def held(history: pd.DataFrame) -> pd.DataFrame:
     steps = np.sort(history["step"].unique())
     tails = []
     for _, rows in history.groupby("member"):
-        last = rows.loc[rows["step"].idxmax()]
-        later = steps[steps > last["step"]]
+        last = rows["step"].idxmax()
+        later = steps[steps > rows.loc[last, "step"]]
         if len(later):
-            tails.append(pd.DataFrame([last] * len(later)).assign(step=later))
+            tails.append(rows.loc[[last] * len(later)].assign(step=later))  # keeps the columns' types
     return pd.concat([history, *tails], ignore_index=True) if tails else history
 
 
@@ -60,7 +60,7 @@ def _long(history: pd.DataFrame, quantity: str) -> pd.DataFrame:
 def curves(history: pd.DataFrame, quantity: str = "acc", ax=None, threshold: float | None = 0.99):
     """Train and validation ``acc`` or ``loss`` against step (log axis).
 
-    For accuracy, dotted verticals mark the median step where each split first reaches
+    For accuracy, dashed verticals mark the median step where each split first reaches
     ``threshold``, a member that never does counting as never (no line where that is most of
     them; the label says how many got there when some did not).
     """
