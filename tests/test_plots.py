@@ -128,9 +128,9 @@ def test_the_median_step_counts_members_that_never_got_there(reached, line, labe
 
 def test_a_band_over_a_sweep_is_over_members_and_over_seeds_only_for_seeds():
     seeds = grokking_figure(grokking_history({0: 100, 1: 200}))
-    assert "band over 2 seeds" in seeds._suptitle.get_text()
+    assert "band over 2 seeds" in seeds.get_suptitle()
     swept = grokking_figure(grokking_history({0: 100, 1: 200}, lr={0: 1e-3, 1: 3e-3}))
-    assert "band over 2 members" in swept._suptitle.get_text()
+    assert "band over 2 members" in swept.get_suptitle()
 
 
 def test_steps_to_generalise_names_its_threshold():
