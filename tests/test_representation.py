@@ -154,3 +154,28 @@ def test_toy_split_trains_on_every_sum(seed):
     assert len(train) == 45 and len(val) == 10 and not set(train.tolist()) & set(val.tolist())
     assert set(sums[train].tolist()) == set(range(19))
     assert all(a <= b for a, b in pairs.tolist())
+
+
+
+def test_toy_splits_redrawn_to_cover_every_sum_stay_distinct_between_seeds():
+    """At half the pairs most first draws miss a sum and are redrawn, some seeds more than
+    1,000 times (then the split is built); a redraw must not land on another seed's
+    permutation, or two members of one sweep would share a split."""
+    import grokcore as gc
+
+    task = gc.ToyAddition(p=10, train_fraction=0.5)
+    splits = [frozenset(task.split(seed)[0].tolist()) for seed in range(40)]
+    assert len(set(splits)) == 40
+
+
+@pytest.mark.parametrize("fraction", [0.36, 0.5])
+def test_every_toy_split_the_config_allows_covers_every_sum(fraction):
+    """0.36 of 55 pairs is 19, one per sum: random draws almost never cover them all."""
+    import grokcore as gc
+
+    task = gc.ToyAddition(p=10, train_fraction=fraction)
+    pairs, sums = task.examples()
+    for seed in range(40):
+        train, val = task.split(seed)
+        assert len(train) == int(fraction * 55) and sorted(train.tolist() + val.tolist()) == list(range(55))
+        assert set(sums[train].tolist()) == set(range(19)), seed
