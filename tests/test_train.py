@@ -46,11 +46,15 @@ def small_config(**changes):
 MODELS = [gc.Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=32), gc.ModularMLP(width=24)]
 
 
-def plain_pytorch_trajectory(config, member, steps):
-    """The reference: nn.Module + torch.optim.AdamW + LambdaLR, full batch, as Nanda's trainer."""
+def plain_pytorch_trajectory(config, member, steps, groups=()):
+    """The reference: nn.Module + torch.optim.AdamW + LambdaLR, full batch, as Nanda's trainer.
+    ``groups``: (parameter names, lr, weight decay) of torch's own parameter groups."""
     model = build_member(config, member)
+    params = dict(model.named_parameters())
+    grouped = [{"params": [params.pop(name) for name in names], "lr": lr, "weight_decay": wd} for names, lr, wd in groups]
     opt = torch.optim.AdamW(
-        model.parameters(), lr=member["lr"], betas=config.optim.betas, eps=config.optim.eps, weight_decay=member["weight_decay"]
+        [*grouped, {"params": list(params.values())}],
+        lr=member["lr"], betas=config.optim.betas, eps=member["eps"], weight_decay=member["weight_decay"],
     )
     warmup = config.optim.warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, t / warmup))
@@ -72,6 +76,19 @@ def test_single_member_equals_torch_adamw():
         trainer.train_step()
     expected = plain_pytorch_trajectory(config, config.members()[0], 25)
     assert torch.allclose(trainer.flat.detach()[0], expected, atol=2e-5, rtol=1e-4)
+
+
+def test_parameter_groups_and_swept_eps_equal_torch_adamw_with_param_groups():
+    """Liu et al.'s separate embedding learning rate (``optim.groups``) and a swept epsilon
+    against torch's AdamW with two parameter groups and that epsilon."""
+    optim = gc.AdamW(lr=3e-3, weight_decay=0.5, warmup_steps=5, groups={"embed": {"lr": 2e-2, "weight_decay": 0.0}})
+    config = small_config(optim=optim, sweep={"eps": [1e-8, 3e-2]})
+    trainer = Trainer(config, torch.device("cpu"))
+    for _ in range(25):
+        trainer.train_step()
+    for k, member in enumerate(config.members()):
+        expected = plain_pytorch_trajectory(config, member, 25, groups=[(["embed.weight"], 2e-2, 0.0)])
+        assert torch.allclose(trainer.flat.detach()[k], expected, atol=2e-5, rtol=1e-4), member
 
 
 @pytest.mark.parametrize("model", MODELS, ids=["transformer", "modular_mlp"])
@@ -454,16 +471,30 @@ def test_hash_is_stable_and_sensitive():
     assert as_ints.hash() == as_floats.hash()
     groups = lambda value: small_config(optim=gc.AdamW(groups={"embed": {"lr": value}})).hash()  # noqa: E731
     assert groups(1) == groups(1.0) != groups(2.0)
+    # Groups of disjoint modules, written in either order, are one run.
+    two = {"embed": {"lr": 1e-3}, "blocks.1": {"lr": 1e-2}, "blocks.10": {"weight_decay": 0.0}}
+    in_order = small_config(optim=gc.AdamW(groups=two)).hash()
+    assert small_config(optim=gc.AdamW(groups=dict(reversed(two.items())))).hash() == in_order
+
+
+def metrics_by_hand(run, step, member, config):
+    """A member's mean losses and accuracies at checkpoint ``step`` (None: the last) on its own
+    training and validation examples, counted one example at a time."""
+    inputs, targets = config.task.examples()
+    settings = config.members()[member]
+    splits = dict(zip(("train", "val"), config.task.split(settings["seed"], settings.get("train_fraction"))))
+    out = {}
+    for name, idx in splits.items():
+        with torch.no_grad():
+            logits = run.model(step, member)(inputs[idx])
+        losses = F.cross_entropy(logits, targets[idx], reduction="none").tolist()
+        right = [int(a == b) for a, b in zip(logits.argmax(-1).tolist(), targets[idx].tolist())]
+        out[f"{name}_loss"], out[f"{name}_acc"] = sum(losses) / len(losses), sum(right) / len(right)
+    return out
 
 
 def val_acc_by_hand(run, step, member, config):
-    """Validation accuracy of a member at checkpoint ``step`` (None: the last), counted one example at a time."""
-    inputs, targets = config.task.examples()
-    settings = config.members()[member]
-    _, val_idx = config.task.split(settings["seed"], settings.get("train_fraction"))
-    with torch.no_grad():
-        predictions = run.model(step, member)(inputs[val_idx]).argmax(-1).tolist()
-    return sum(int(a == b) for a, b in zip(predictions, targets[val_idx].tolist())) / len(val_idx)
+    return metrics_by_hand(run, step, member, config)["val_acc"]
 
 
 def test_stop_at_freezes_members(tmp_path):
@@ -535,6 +566,18 @@ def test_each_member_s_history_carries_its_own_settings_and_metrics(tmp_path):
         assert rows.val_acc.iloc[-1] == pytest.approx(val_acc_by_hand(run, 12, k, config))
 
 
+def test_metrics_of_members_with_different_splits_are_their_own(tmp_path):
+    """Members of different training fractions hold padded index rows of one width; each
+    member's losses and accuracies count its real examples alone."""
+    config = small_config(sweep={"train_fraction": [0.3, 0.8]}, steps=20, eval_points=4, checkpoints=2)
+    run = gc.train(config, root=tmp_path, progress=False)
+    for k in range(2):
+        last = run.history[run.history.member == k].iloc[-1]
+        assert last.step == 20
+        for name, value in metrics_by_hand(run, 20, k, config).items():
+            assert last[name] == pytest.approx(value, rel=1e-5), (k, name)
+
+
 @pytest.mark.parametrize(
     "changes, name",
     [
@@ -583,6 +626,11 @@ def test_the_largest_seeds_allowed_train():
         ({"groups": {"embed": {"lr": float("nan")}}}, "groups['embed']['lr'] = nan"),
         ({"groups": {"embed": {"momentum": 0.9}}}, "groups['embed'] = "),
         ({"groups": {1: {"lr": 1e-3}}}, "groups key 1 "),
+        # A parameter in two groups: which values it took would depend on the dict's order.
+        ({"groups": {"blocks": {"lr": 1e-3}, "blocks.0": {"lr": 1e-2}}}, "groups keys 'blocks' and 'blocks.0' "),
+        ({"groups": {"blocks-x": {"lr": 1e-3}, "blocks.0.mlp": {"lr": 1e-2}, "blocks": {"lr": 1e-4}}},
+         "groups keys 'blocks.0.mlp' and 'blocks' "),
+        ({"groups": {"embed.": {"lr": 1e-3}, "embed": {"lr": 1e-2}}}, "groups keys 'embed.' and 'embed' "),
         ({"betas": (0.9, 1.0)}, "betas = "),
     ],
 )
