@@ -20,6 +20,7 @@ def test_grokking_delays_read_the_first_crossings():
         {
             0: [(0, 0.1, 0.0, 2.0), (100, 0.995, 0.2, 0.1), (200, 1.0, 0.5, 0.01), (900, 1.0, 0.99, 0.0)],
             1: [(0, 0.1, 0.0, 2.0), (100, 0.5, 0.2, 1.0), (300, 0.99, 0.98, 0.1), (500, 1.0, 0.97, 0.1)],
+            2: [(0, 1.0, 0.5, 0.0), (50, 1.0, 1.0, 0.0)],  # fits the training set before any step
         }
     )
     delays = grokking_delays(h).set_index("member")
@@ -27,6 +28,9 @@ def test_grokking_delays_read_the_first_crossings():
     assert delays.loc[1, "train_step"] == 300 and math.isnan(delays.loc[1, "val_step"])  # 0.98 < 0.99
     assert delays.loc[1, "budget"] == 500
     assert delays.loc[1, "seed"] == 1
+    assert delays.loc[2, ["train_step", "val_step", "delay"]].tolist() == [0, 50, 50.0]  # counted from step 1
+    # The first crossing is the earliest step, whatever the rows' order.
+    assert grokking_delays(h.sample(frac=1, random_state=0)).equals(grokking_delays(h))
 
 
 def test_loss_spikes_are_jumps_from_a_tiny_loss():

@@ -1,9 +1,11 @@
-"""Fourier measures against brute-force sums written out with math.cos / math.sin, and an
-ensemble member's measures against a run of its seed alone."""
+"""Fourier measures against brute-force sums written out with math.cos / math.sin, the
+progress measures against a network measured by hand, and an ensemble member's measures
+against a run of its seed alone."""
 
 import math
 import random
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -64,6 +66,27 @@ def test_neuron_frequency_of_a_pure_wave():
     freq, frac = fourier.neuron_frequencies(torch.tensor(acts), p)
     assert freq[0] == k and frac[0] == pytest.approx(1.0, abs=1e-5)
     assert freq[1] == 2 and frac[1] > 0.99
+
+
+def explained_by_least_squares(values, p, k):
+    """The share of a function of (a, b)'s variance that a least-squares fit on
+    {1, cos, sin}(w_k a) x {1, cos, sin}(w_k b) explains (numpy's lstsq, math.cos, math.sin)."""
+    trig = [lambda x: 1.0, lambda x: math.cos(2 * math.pi * k * x / p), lambda x: math.sin(2 * math.pi * k * x / p)]
+    design = np.array([[f(a) * g(b) for f in trig for g in trig] for a in range(p) for b in range(p)])
+    y = np.array(values)
+    residual = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    return 1 - (residual**2).sum() / ((y - y.mean()) ** 2).sum()
+
+
+def test_neuron_frequencies_explain_variance_not_the_mean():
+    """A neuron is its frequency's share of its variance: an offset (a neuron's mean firing
+    rate) must not count as explained, or every neuron would pass the 85% threshold."""
+    p = 11
+    neuron = [5 + math.cos(2 * math.pi * 2 * (a + b) / p) + 0.8 * math.cos(2 * math.pi * 3 * a / p) for a in range(p) for b in range(p)]
+    freq, frac = fourier.neuron_frequencies(torch.tensor(neuron)[:, None], p)
+    expected = {k: explained_by_least_squares(neuron, p, k) for k in (2, 3)}
+    assert expected[2] == pytest.approx(0.5 / 0.82, abs=1e-9)  # mean squares 1/2 and 0.8^2 / 2
+    assert freq[0] == 2 and frac[0] == pytest.approx(expected[2], abs=1e-5)
 
 
 def brute_restricted_excluded(logits, p, freqs, train):
@@ -134,6 +157,70 @@ def test_progress_measures_of_a_member_equal_those_of_its_seed_trained_alone(tmp
     assert measured.sum_sq_weights.pow(0.5).tolist() == pytest.approx(logged[measured.step].tolist(), rel=1e-5)
 
 
+def neuron_logit_map_by_perturbation(model, p, d_mlp):
+    """W_L[c, n]: how much residue c's logit moves when neuron n of the last MLP fires one
+    unit more at the readout, measured by running the network with that neuron nudged."""
+    x = torch.tensor([[0, 0, p]])
+    columns = []
+    for n in range(d_mlp):
+        def nudge(module, inputs, out, n=n):
+            out = out.clone()
+            out[:, -1, n] += 1.0
+            return out
+
+        with torch.no_grad():
+            base = model(x)[0, :p]
+            hook = model.blocks[-1].mlp.act.register_forward_hook(nudge)
+            moved = model(x)[0, :p]
+            hook.remove()
+        columns.append((moved - base).tolist())
+    return [list(row) for row in zip(*columns)]  # (p, d_mlp)
+
+
+def gini_by_mean_difference(xs):
+    return sum(abs(a - b) for a in xs for b in xs) / (2 * len(xs) * sum(xs))
+
+
+def test_progress_measures_equal_the_network_measured_by_hand(tmp_path):
+    """Every measure at the last checkpoint of a short run, recomputed from the network alone:
+    logits of each pair (a, b) fed one by one, the training pairs read off the task's own
+    examples, Fourier norms written out with math.cos / math.sin, the neuron-logit map by
+    nudging each neuron, Gini coefficients by the mean-difference formula."""
+    p, d_mlp = 11, 32
+    config = gc.RunConfig(
+        name="fourier-by-hand",
+        task=gc.AlgorithmicTask(op="x+y", p=p, train_fraction=0.5, op_token=False),
+        model=gc.Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=d_mlp, norm="none", mlp_bias=True, init="nanda"),
+        optim=gc.AdamW(lr=3e-3, weight_decay=1.0),
+        steps=40,
+        batch_size=None,
+        checkpoints=3,
+    )
+    run = gc.train(config, root=tmp_path, progress=False)
+    freqs = [1, 4]
+    measured, key_freqs = fourier.progress_measures(run, key_freqs=freqs)
+    last = measured.set_index("step").loc[40]
+    model = run.model(40)
+
+    inputs, _ = config.task.examples()
+    train_idx, _ = config.task.split(config.seed)
+    trained_on = {tuple(row[:2]) for row in inputs[train_idx].tolist()}
+    pairs = [(a, b) for a in range(p) for b in range(p)]
+    with torch.no_grad():
+        logits = [model(torch.tensor([[a, b, p]]))[0, :p].tolist() for a, b in pairs]
+    restricted, excluded = brute_restricted_excluded(logits, p, freqs, [pair in trained_on for pair in pairs])
+    assert last.restricted_loss == pytest.approx(restricted, rel=1e-4)
+    assert last.excluded_loss == pytest.approx(excluded, rel=1e-4)
+
+    # Sparsity over the non-constant frequencies (the constant says nothing about a circuit).
+    embedding = model.embed.weight[:p].tolist()
+    assert last.gini_embedding == pytest.approx(gini_by_mean_difference(brute_frequency_norms(embedding, p)[1:]), rel=1e-4)
+    neuron_logit = neuron_logit_map_by_perturbation(model, p, d_mlp)
+    assert last.gini_neuron_logit == pytest.approx(gini_by_mean_difference(brute_frequency_norms(neuron_logit, p)[1:]), rel=1e-4)
+    # Key frequencies, when not given, are those of the last (grokked) network.
+    assert fourier.progress_measures(run)[1] == fourier.key_frequencies(model, p)
+
+
 def test_phases_are_located_from_the_measures():
     """Nanda et al.'s phase boundaries on measures written by hand: memorisation ends at the
     excluded loss's minimum (300); circuit formation when the validation loss falls below half
@@ -151,6 +238,10 @@ def test_phases_are_located_from_the_measures():
     val_loss = [4.0 if s <= 400 else 2.5 if s < 600 else 0.1 for s in fine]
     history = pd.DataFrame({"step": fine, "val_loss": val_loss})
     assert fourier.phases(history, measures) == {"memorisation_end": 300, "circuit_formation_end": 600, "cleanup_end": 900}
+    # Clean-up ends at 90% of the rise to the final value (0.9 here: 0.83, first reached at
+    # 800), not to a peak before it (1.0: 0.92, at 900).
+    overshoot = measures.assign(gini_embedding=[0.1] * 6 + [0.2, 0.4, 0.85, 1.0, 0.9])
+    assert fourier.phases(history, overshoot)["cleanup_end"] == 800
     # A run that never generalises has no circuit-formation or clean-up boundary.
     stuck = fourier.phases(history.assign(val_loss=4.0), measures)
     assert stuck["memorisation_end"] == 300 and math.isnan(stuck["circuit_formation_end"]) and math.isnan(stuck["cleanup_end"])

@@ -1,5 +1,6 @@
-"""The transformer: parameter count by hand, and its shortcuts (last position only, the first
-block's projections looked up per token and position) are exact."""
+"""The models: parameter counts and forwards by hand, initial weights against the papers'
+rules, and the transformer's shortcuts (last position only, the first block's projections
+looked up per token and position) are exact."""
 
 import math
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from grokcore import AlgorithmicTask, ConfigError, SumEmbeddingMLP, ToyAddition, Transformer
+from grokcore import AlgorithmicTask, ConfigError, ModularMLP, SumEmbeddingMLP, ToyAddition, Transformer
 from grokcore.models.transformer import sinusoidal_positions
 
 
@@ -123,12 +124,44 @@ def test_nanda_init_scales():
     assert set(matrices) == {"embed.weight", "pos.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.out.weight",
                              "blocks.0.mlp.inp.weight", "blocks.0.mlp.out.weight", "unembed.weight"}
     for name, w in matrices.items():
-        expected = 1 / math.sqrt(114 if name == "unembed.weight" else 128)  # 113 residues and "="
-        # five standard errors of a sample standard deviation, std / sqrt(2 n)
-        assert w.std().item() == pytest.approx(expected, rel=5 / math.sqrt(2 * w.numel())), name
-        assert abs(w.mean().item()) < 5 * expected / math.sqrt(w.numel()), name
+        assert_drawn_from(w.detach(), 1 / math.sqrt(114 if name == "unembed.weight" else 128), name)  # 113 residues and "="
     biases = [b for name, b in model.named_parameters() if name.endswith("bias")]
     assert len(biases) == 2 and all(b.abs().sum() == 0 for b in biases)  # the MLP's two
+
+
+def assert_drawn_from(w, std, name):
+    """``w``'s entries look like draws of N(0, std^2): five standard errors of a sample
+    deviation (std / sqrt(2 n)) and of a sample mean."""
+    assert w.std().item() == pytest.approx(std, rel=5 / math.sqrt(2 * w.numel())), name
+    assert abs(w.mean().item()) < 5 * std / math.sqrt(w.numel()), name
+
+
+def test_quadratic_mlp_init_scale():
+    """The quadratic MLP at N = 500 starts, as in Doshi et al.'s code (d-doshi/Grokking,
+    utils/models.py: std 0.25^0.5 / (2 N)^(1/3)), with U_1, U_2 and W drawn N(0, 0.05^2)."""
+    torch.manual_seed(0)
+    model = ModularMLP(width=500).build(AlgorithmicTask(op="x+y", p=97, op_token=False).model_dims())
+    assert_drawn_from(model.inp.detach(), 0.05, "U")
+    assert_drawn_from(model.out.detach(), 0.05, "W")
+    assert_drawn_from(ModularMLP(width=500, init_std=0.2).build(AlgorithmicTask(op="x+y", p=97).model_dims()).out.detach(), 0.2, "W")
+
+
+def test_toy_embeddings_start_uniform_on_an_interval_of_width_embed_init():
+    """Liu et al.'s toy model: embeddings U[-s/2, s/2], whose deviation is s / sqrt(12)."""
+    torch.manual_seed(0)
+    weight = SumEmbeddingMLP(embed_dim=1000, embed_init=2.0).build(ToyAddition(p=10).model_dims()).embed.weight.detach()
+    assert -1.0 <= weight.min() < -0.99 and 0.99 < weight.max() <= 1.0
+    assert weight.std().item() == pytest.approx(2.0 / math.sqrt(12), rel=0.01)
+
+
+def test_sinusoidal_positions_written_out():
+    """Vaswani et al.'s code: sin(t / 10000^(2i/d)) in column 2i, cos in column 2i + 1."""
+    code = sinusoidal_positions(5, 8, "cpu")
+    for t in range(5):
+        for i in range(4):
+            angle = t / 10000 ** (2 * i / 8)
+            assert code[t, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert code[t, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
 
 
 def test_heads_must_divide_width():
