@@ -96,14 +96,38 @@ def test_cli_finds_the_notebooks_repository_from_anywhere(tmp_path, monkeypatch)
     from grokcore.__main__ import main
 
     calls = []
-    monkeypatch.setattr(book, "execute", lambda root, nb, preset, overrides, **_: calls.append((root, nb, overrides)))
+    monkeypatch.setattr(book, "execute", lambda root, nb, preset, overrides, **_: calls.append((root, nb, preset, overrides)))
     monkeypatch.chdir(tmp_path)
     nb = ROOT / "book/power2022/grokking.ipynb"
     assert main(["run", str(nb), "--preset", "ci", "-p", "seeds", "2"]) == 0
-    assert calls == [(ROOT, nb, {"seeds": 2})]
+    assert calls == [(ROOT, nb, "ci", {"seeds": 2})]
     # YAML 1.1 reads 1e-3 (no dot) as a string; on the command line it is the number, unless quoted.
     main(["run", str(nb), "-p", "lr", "1e-3", "-p", "fractions", "[0.5, 1e-1]", "-p", "op", "x/y", "-p", "name", '"2e3"'])
-    assert calls[-1][2] == {"lr": 0.001, "fractions": [0.5, 0.1], "op": "x/y", "name": "2e3"}
+    assert calls[-1][2:] == ("cpu", {"lr": 0.001, "fractions": [0.5, 0.1], "op": "x/y", "name": "2e3"})
+
+
+def test_cli_exit_status_says_whether_every_notebook_ran(monkeypatch, capsys):
+    """0 where every notebook ran (saying where the executed copy is), 1 where one failed (a
+    SLURM array task, or CI, must see it), with the failure on stderr."""
+    from grokcore.__main__ import main
+
+    nb = ROOT / "book/power2022/grokking.ipynb"
+    failure = book.Failure("book/power2022/grokking.ipynb", "In [3]", "ValueError: boom")
+    monkeypatch.chdir(ROOT)  # `book` finds the book from here
+    monkeypatch.setattr(book, "execute", lambda *a, **k: None)
+    assert main(["run", str(nb), "--preset", "ci", "-p", "seeds", "2"]) == 0
+    assert "_build/executed/ci-custom/book/power2022/grokking.ipynb" in capsys.readouterr().out
+    monkeypatch.setattr(book, "execute", lambda *a, **k: failure)
+    assert main(["run", str(nb)]) == 1
+    assert f"FAILED {failure}" in capsys.readouterr().err
+
+    presets = []
+    monkeypatch.setattr(book, "run_book", lambda preset, root, only: presets.append(preset) or [failure])
+    assert main(["book", "run"]) == 1
+    assert presets == ["cpu"]  # the book's default preset
+    assert f"1 notebook(s) failed:\n  {failure}" in capsys.readouterr().err
+    monkeypatch.setattr(book, "run_book", lambda preset, root, only: [])
+    assert main(["book", "run", "--preset", "ci"]) == 0
 
 
 def test_cli_refuses_what_it_cannot_run_in_one_line(tmp_path, monkeypatch, capsys):

@@ -8,7 +8,16 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_rgba
 
-from grokcore.plots import SPLIT_COLORS, curves, grokking_figure, held, progress_measures_figure, steps_to_generalise
+from grokcore.plots import (
+    LEARNING_PHASE_COLORS,
+    SPLIT_COLORS,
+    curves,
+    grokking_figure,
+    held,
+    phase_diagram,
+    progress_measures_figure,
+    steps_to_generalise,
+)
 
 
 def legend_entries(ax) -> dict:
@@ -141,3 +150,48 @@ def test_steps_to_generalise_names_its_threshold():
 def test_the_progress_figure_refuses_several_members():
     with pytest.raises(ValueError, match=r"^history has members \[0, 1\]"):
         progress_measures_figure(grokking_history({0: 100, 1: 200}), pd.DataFrame(), {})
+
+
+def test_grokking_figure_draws_min_max_bands_on_log_axes():
+    """Steps on log axes (and the loss too); the band spans the members' least and greatest
+    value at each step: weight norms 10, 11 and 12 give a band from 10 to 12 around 11."""
+    fig = grokking_figure(grokking_history({0: 100, 1: None, 2: 300}))
+    acc, loss, norm = fig.axes
+    assert [ax.get_xscale() for ax in (acc, loss, norm)] == ["log"] * 3
+    assert loss.get_yscale() == "log" and acc.get_yscale() == "linear"
+    (band,) = norm.collections
+    ys = np.concatenate([path.vertices[:, 1] for path in band.get_paths()])
+    assert ys.min() == pytest.approx(10.0) and ys.max() == pytest.approx(12.0)
+    assert norm.get_lines()[0].get_ydata() == pytest.approx([11.0] * 4)
+    # Validation accuracy at step 300: members at 1.0, 0.1 and 1.0, so the band is 0.1 to 1.0.
+    val_band = next(c for c in acc.collections if to_rgba(c.get_facecolor()[0])[:3] == to_rgba(SPLIT_COLORS["val"])[:3])
+    points = np.concatenate([path.vertices for path in val_band.get_paths()])
+    assert sorted(set(points[points[:, 0] == 300][:, 1].round(6))) == [0.1, 1.0]
+
+
+def test_each_split_s_threshold_line_sits_at_its_own_first_step():
+    h = grokking_history({0: 200})
+    h["train_acc"] = np.where(h["step"] >= 100, 1.0, 0.5)
+    ax = curves(h, ax=plt.figure().gca())
+    dashed = {to_rgba(line.get_color()): line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"}
+    assert dashed == {to_rgba(SPLIT_COLORS["train"]): 100, to_rgba(SPLIT_COLORS["val"]): 200}
+
+
+def test_phase_diagram_shows_the_most_common_phase_of_each_point():
+    """2 learning rates x 3 weight decays x 3 seeds; each cell's colour is its majority phase,
+    rows in increasing weight decay from the bottom, columns in increasing learning rate."""
+    majority = {(1e-3, 0.0): "memorization", (1e-3, 1.0): "grokking", (1e-3, 5.0): "confusion",
+                (1e-2, 0.0): "comprehension", (1e-2, 1.0): "comprehension", (1e-2, 5.0): "grokking"}
+    rows = []
+    for (lr, wd), phase in majority.items():
+        other = "confusion" if phase != "confusion" else "memorization"
+        rows += [{"lr": lr, "weight_decay": wd, "seed": s, "phase": p} for s, p in enumerate([phase, other, phase])]
+    ax = phase_diagram(pd.DataFrame(rows).sample(frac=1, random_state=0), ax=plt.figure().gca())
+    codes = ax.get_images()[0].get_array()
+    names = list(LEARNING_PHASE_COLORS)
+    for i, wd in enumerate([0.0, 1.0, 5.0]):
+        for j, lr in enumerate([1e-3, 1e-2]):
+            assert names[int(codes[i, j])] == majority[(lr, wd)], (lr, wd)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "5"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1.0e-03", "1.0e-02"]
+    assert ax.get_ylim()[0] < ax.get_ylim()[1]  # weight decay grows upwards

@@ -3,6 +3,7 @@
 import csv
 import fcntl
 import json
+import os
 import shutil
 import threading
 
@@ -122,3 +123,39 @@ def test_a_glance_at_the_lock_does_not_stop_a_run_from_starting(tmp_path):
     fcntl.flock(glance, fcntl.LOCK_SH)
     threading.Timer(0.3, glance.close).start()  # closing the file lets the lock go
     assert gc.train(config, root=tmp_path, progress=False).done
+
+
+def test_a_run_being_trained_elsewhere_is_refused_and_left_alone(tmp_path):
+    """Another process holds the lock: train() refuses after its second of grace, and leaves
+    that process's folder and lock file where they are."""
+    config = small_config(name="busy")
+    path = tmp_path / config.run_name
+    path.mkdir()
+    with open(path / ".lock", "w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)  # as the other process's exclusive() holds it
+        with pytest.raises(RuntimeError, match="^another process is training"):
+            gc.train(config, root=tmp_path, progress=False)
+        assert sorted(p.name for p in path.iterdir()) == [".lock"]
+
+
+def test_the_store_writes_whole_files_readable_by_the_group(tmp_path, monkeypatch):
+    """Every file lands by rename: no temporary file is left after a run, a write that fails
+    part-way leaves the previous file whole, and files get the umask's mode (mkstemp's 0600
+    would hide runs from the rest of a group on a cluster)."""
+    mask = os.umask(0o022)
+    try:
+        run = gc.train(small_config(name="atomic"), root=tmp_path, progress=False)
+    finally:
+        os.umask(mask)
+    assert [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")] == []
+    assert (run.path / "config.json").stat().st_mode & 0o777 == 0o644
+    before = (run.path / "config.json").read_bytes()
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        runs.atomic_write_text(run.path / "config.json", "{}")
+    assert (run.path / "config.json").read_bytes() == before
+    assert [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")] == []
