@@ -126,7 +126,7 @@ def test_a_project_path_with_spaces_and_quotes_reaches_the_jobs(project):
     ]
 
 
-@pytest.mark.parametrize("project", ["100%-grok", "back\\slash"], indirect=True)
+@pytest.mark.parametrize("project", ["100%-grok", "back\\slash", "new\nline"], indirect=True)
 def test_a_path_sbatch_cannot_carry_is_refused_before_any_work(project, capsys):
     assert main(["slurm", "--preset", "ci"]) == 2
     assert "#SBATCH lines cannot carry" in capsys.readouterr().err
@@ -145,19 +145,19 @@ def test_only_selects_by_path_in_book_order(project, only, chosen):
 def test_sbatch_args_and_template_edits_reach_the_jobs(project):
     template = project / "slurm" / "notebook_array.sbatch"
     template.write_text(template.read_text().replace("##SBATCH --partition=gpu", "#SBATCH --partition=edited"))
-    assert main(["slurm", "--sbatch-arg=--account=proj", "--sbatch-arg=--qos=long"]) == 0
+    assert main(["slurm", "--sbatch-arg=--account=proj", "--sbatch-arg=--qos=long", "--sbatch-arg=-pgpu"]) == 0
     for args in submissions(project):
-        assert args[-3:-1] == ["--account=proj", "--qos=long"]
+        assert args[-4:-1] == ["--account=proj", "--qos=long", "-pgpu"]  # short options too
     assert "#SBATCH --partition=edited" in (project / "_build" / "slurm" / "paper.sbatch").read_text()
 
 
 def test_dry_run_writes_the_scripts_and_submits_nothing(project, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(project))  # no sbatch: a dry run does not need it
-    assert main(["slurm", "--preset", "cpu", "--dry-run"]) == 0
+    assert main(["slurm", "--preset", "cpu", "--dry-run", "--sbatch-arg=--qos=long"]) == 0
     assert submissions(project) == [] and python_calls(project) == []
     out = capsys.readouterr().out
-    assert "sbatch _build/slurm/cpu.sbatch" in out
-    assert "sbatch --dependency=afterany:<array job id> _build/slurm/cpu-book.sbatch" in out
+    assert "sbatch --qos=long _build/slurm/cpu.sbatch" in out
+    assert "sbatch --dependency=afterany:<array job id> --qos=long _build/slurm/cpu-book.sbatch" in out
     assert (project / "_build/slurm/cpu.sbatch").exists() and (project / "_build/slurm/cpu-book.sbatch").exists()
 
 
@@ -178,6 +178,14 @@ def test_bad_input_stops_before_any_work(project, capsys, monkeypatch, argv, wor
     assert main(["slurm", *argv]) == 2
     err = capsys.readouterr().err
     assert all(w in err for w in words), err
+    assert submissions(project) == [] and not (project / "_build").exists()
+
+
+def test_a_template_field_grokcore_does_not_fill_is_refused(project, capsys):
+    template = project / "slurm" / "book_build.sbatch"
+    template.write_text(template.read_text() + "#SBATCH --comment={{budget}}\n")
+    assert main(["slurm", "--preset", "ci"]) == 2
+    assert "has unknown field(s) budget; allowed: preset, root" in capsys.readouterr().err
     assert submissions(project) == [] and not (project / "_build").exists()
 
 
