@@ -232,6 +232,20 @@ def test_book_runner_reports_a_failing_notebook_and_goes_on(tmp_path):
     assert book.execute(tmp_path, tmp_path / "book/demo/fine.ipynb", "ci", {"x": 5}) is None
     assert book.executed_path(tmp_path, tmp_path / "book/demo/fine.ipynb", "ci", custom=True).exists()
     assert executed["fine"].read_text() == before
+    # Mended, the notebook runs, and its failed copy from before goes: the folder shows the
+    # latest outcome alone.
+    demo_book(tmp_path, {"broken": "y = x", "fine": "y = x + 1"})
+    assert book.execute(tmp_path, tmp_path / "book/demo/broken.ipynb", "ci") is None
+    assert executed["broken"].exists() and not book.failed_path(executed["broken"]).exists()
+
+
+def test_notebooks_share_one_run_store_beside_the_book_by_default(tmp_path, monkeypatch):
+    """Without GROKCORE_RUNS, every notebook's kernel trains into runs/ beside _toc.yml, so
+    two notebooks that train the same config share one run."""
+    monkeypatch.delenv("GROKCORE_RUNS")  # conftest points it at a temporary folder
+    demo_book(tmp_path, {"store": "import os\nstore = os.environ['GROKCORE_RUNS']\nopen('store.txt', 'w').write(store)"})
+    assert book.execute(tmp_path, tmp_path / "book/demo/store.ipynb", "ci") is None
+    assert (tmp_path / "book/demo/store.txt").read_text() == str(tmp_path / "runs")
 
 
 @pytest.mark.parametrize("signum, stop", [(signal.SIGTERM, book.Terminated), (signal.SIGINT, KeyboardInterrupt)])
