@@ -12,9 +12,11 @@ from grokcore.plots import (
     LEARNING_PHASE_COLORS,
     SPLIT_COLORS,
     curves,
+    fourier_spectrum,
     grokking_figure,
     held,
     phase_diagram,
+    phase_spans,
     progress_measures_figure,
     steps_to_generalise,
 )
@@ -195,3 +197,20 @@ def test_phase_diagram_shows_the_most_common_phase_of_each_point():
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "5"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1.0e-03", "1.0e-02"]
     assert ax.get_ylim()[0] < ax.get_ylim()[1]  # weight decay grows upwards
+
+
+def test_phase_spans_cover_each_located_phase_and_skip_the_rest():
+    ax = plt.figure().gca()
+    phase_spans(ax, {"memorisation_end": 300.0, "circuit_formation_end": 600.0, "cleanup_end": float("nan")}, label=True)
+    # In data x: a Polygon (matplotlib 3.8) or a Rectangle (3.9 on) in its own coordinates.
+    xs = [patch.get_patch_transform().transform(patch.get_path().vertices)[:, 0] for patch in ax.patches]
+    spans = [(patch.get_label(), min(x), max(x)) for patch, x in zip(ax.patches, xs)]
+    assert spans == [("memorisation", 0.0, 300.0), ("circuit formation", 300.0, 600.0)]  # clean-up never ended
+
+
+def test_fourier_spectrum_marks_each_key_frequency_at_its_bars():
+    ax = fourier_spectrum({"W_E": np.arange(6.0), "W_L": np.ones(6), "W_U": np.ones(6)}, key_freqs=[2, 5], ax=plt.figure().gca())
+    centre = [bar.get_x() + bar.get_width() / 2 for bar in ax.patches]  # 6 bars of each label in turn
+    marks = sorted(line.get_xdata()[0] for line in ax.get_lines())
+    assert marks == pytest.approx([np.mean(centre[k::6]) for k in (2, 5)])  # the middle of frequency k's bars
+    assert [bar.get_height() for bar in ax.patches[:6]] == list(range(6))  # the first label's norms, in order

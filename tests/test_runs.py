@@ -66,9 +66,17 @@ def test_runs_command_prints_a_table_or_markdown(tmp_path, capsys):
     header, line = capsys.readouterr().out.splitlines()
     assert header.split()[:5] == ["run", "status", "members", "last", "evaluated"]
     assert line.split()[:5] == [config.run_name, "done", "1", "30", "/"]
+    # Created to the minute, in UTC as config.json records it.
+    created = json.loads((tmp_path / config.run_name / "config.json").read_text())["created"]
+    assert created[:16].replace("T", " ") in line
     assert main(["runs", "--root", str(tmp_path), "--markdown"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("| --- |") and lines[2].startswith(f"| {config.run_name} | done | 1 | 30 / 30 |")
+
+
+def test_runs_command_says_when_the_store_is_empty(tmp_path, capsys):
+    assert main(["runs", "--root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == f"no runs in {tmp_path}\n"
 
 
 def test_runs_command_refuses_a_missing_store(tmp_path, capsys):
@@ -111,6 +119,7 @@ def test_odd_run_folders_get_a_row_not_a_crash(tmp_path, capsys):
     assert lines["hand-0000000001"].split()[1:7] == ["done", "3", "9", "/", "30", "1.000"]
     assert "2 / 3" in lines["hand-0000000001"] and "3.0" not in lines["hand-0000000001"]
     assert lines["broken-0000000003"].split()[1] == "unreadable:"
+    assert lines["hand-0000000001"].split()[-4] == "-"  # wall s (before created and code): DONE is still empty
 
 
 def test_a_glance_at_the_lock_does_not_stop_a_run_from_starting(tmp_path):
