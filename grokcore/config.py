@@ -284,15 +284,15 @@ class AdamW(Spec):
                 if not number or value < 0 or (key == "lr" and value == 0):
                     raise ConfigError(f"groups[{prefix!r}][{key!r}] = {value!r} is not allowed: must be a number > 0 (lr) or >= 0")
         # A parameter in two groups would take the values of whichever came last in the dict,
-        # which the hash (of sorted keys) cannot see: groups must name disjoint modules.
+        # an order the hash (of sorted keys) does not see: groups must name disjoint modules.
         for a, b in itertools.combinations(self.groups, 2):
             outer, inner = sorted((a.rstrip("."), b.rstrip(".")), key=len)
             if inner == outer or inner.startswith(outer + "."):
                 raise ConfigError(
                     f"groups keys {a!r} and {b!r} are not allowed together: they share parameters; name disjoint modules"
                 )
-        # Kept sorted and as floats (1 -> 1.0), so that equal groups hash alike, as sweeps do.
-        groups = {prefix: {key: float(value) for key, value in overrides.items()} for prefix, overrides in sorted(self.groups.items())}
+        # Kept as floats (1 -> 1.0), so that equal groups hash alike, as sweeps do.
+        groups = {prefix: {key: float(value) for key, value in overrides.items()} for prefix, overrides in self.groups.items()}
         object.__setattr__(self, "groups", groups)
         if len(self.betas) != 2:
             raise ConfigError(f"betas = {self.betas!r} is not allowed: must be two numbers in [0, 1)")

@@ -220,9 +220,10 @@ class ToyAddition(Task):
         classifier, which would cap validation accuracy below the 90% that Liu et al.'s phase
         criteria ask for; so permutations are redrawn (deterministically) until each sum has a
         training pair. With few training pairs that can take more than the 1,000 draws a seed
-        has (at 50% of p = 10, seeds 26, 31 and 34 did); such a split is built instead: one
-        pair per sum, the first in a further seeded order, then the pairs that follow in it.
-        (Building every split would change the splits of runs already in a run store.)
+        has (at 50% of p = 10, seeds 26, 31 and 34 did). Such a split is built instead: the
+        pairs are put in a further seeded order, and training takes the first pair of each sum
+        in that order, then the pairs that follow. (Building every split would change the
+        splits of runs already in a run store.)
         """
         pairs, sums = self.examples()
         n, n_train = len(pairs), self.train_size(train_fraction)
@@ -230,9 +231,9 @@ class ToyAddition(Task):
             perm = seeded_permutation(n, seed * 1000 + attempt)
             if len(set(sums[perm[:n_train]].tolist())) == 2 * self.p - 1:
                 return perm[:n_train], perm[n_train:]
-        covered, first, rest = set(), [], []
+        covered, first, rest, sums = set(), [], [], sums.tolist()
         for i in seeded_permutation(n, 2**62 + seed).tolist():  # above every seed * 1000 + attempt
-            (rest if int(sums[i]) in covered else first).append(i)
-            covered.add(int(sums[i]))
+            (rest if sums[i] in covered else first).append(i)
+            covered.add(sums[i])
         order = torch.tensor(first + rest)
         return order[:n_train], order[n_train:]
