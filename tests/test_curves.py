@@ -28,7 +28,7 @@ def test_grokking_delays_read_the_first_crossings():
     assert delays.loc[1, "train_step"] == 300 and math.isnan(delays.loc[1, "val_step"])  # 0.98 < 0.99
     assert delays.loc[1, "budget"] == 500
     assert delays.loc[1, "seed"] == 1
-    assert delays.loc[2, ["train_step", "val_step", "delay"]].tolist() == [0, 50, 50.0]  # counted from step 1
+    assert delays.loc[2, ["train_step", "val_step", "delay"]].tolist() == [0, 50, 50.0]  # 50 / max(0, 1): finite
     # The first crossing is the earliest step, whatever the rows' order.
     assert grokking_delays(h.sample(frac=1, random_state=0)).equals(grokking_delays(h))
 

@@ -84,9 +84,9 @@ def test_neuron_frequencies_explain_variance_not_the_mean():
     p = 11
     neuron = [5 + math.cos(2 * math.pi * 2 * (a + b) / p) + 0.8 * math.cos(2 * math.pi * 3 * a / p) for a in range(p) for b in range(p)]
     freq, frac = fourier.neuron_frequencies(torch.tensor(neuron)[:, None], p)
-    expected = {k: explained_by_least_squares(neuron, p, k) for k in (2, 3)}
-    assert expected[2] == pytest.approx(0.5 / 0.82, abs=1e-9)  # mean squares 1/2 and 0.8^2 / 2
-    assert freq[0] == 2 and frac[0] == pytest.approx(expected[2], abs=1e-5)
+    expected = explained_by_least_squares(neuron, p, 2)
+    assert expected == pytest.approx(0.5 / 0.82, abs=1e-9)  # mean squares 1/2 and 0.8^2 / 2
+    assert freq[0] == 2 and frac[0] == pytest.approx(expected, abs=1e-5)
 
 
 def brute_restricted_excluded(logits, p, freqs, train):
@@ -217,7 +217,7 @@ def test_progress_measures_equal_the_network_measured_by_hand(tmp_path):
     assert last.gini_embedding == pytest.approx(gini_by_mean_difference(brute_frequency_norms(embedding, p)[1:]), rel=1e-4)
     neuron_logit = neuron_logit_map_by_perturbation(model, p, d_mlp)
     assert last.gini_neuron_logit == pytest.approx(gini_by_mean_difference(brute_frequency_norms(neuron_logit, p)[1:]), rel=1e-4)
-    # Key frequencies, when not given, are those of the last (grokked) network; at a threshold
+    # Key frequencies, when not given, are those of the last network; at a threshold
     # where the first network has others (a network this young has no neuron at 85%).
     assert fourier.progress_measures(run, threshold=0.5)[1] == fourier.key_frequencies(model, p, 0.5)
     assert fourier.key_frequencies(model, p, 0.5) != fourier.key_frequencies(run.model(0), p, 0.5)

@@ -175,8 +175,8 @@ def test_each_split_s_threshold_line_sits_at_its_own_first_step():
     h = grokking_history({0: 200})
     h["train_acc"] = np.where(h["step"] >= 100, 1.0, 0.5)
     ax = curves(h, ax=plt.figure().gca())
-    dashed = {to_rgba(line.get_color()): line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"}
-    assert dashed == {to_rgba(SPLIT_COLORS["train"]): 100, to_rgba(SPLIT_COLORS["val"]): 200}
+    dashed = sorted((line.get_xdata()[0], to_rgba(line.get_color())) for line in ax.get_lines() if line.get_linestyle() == "--")
+    assert dashed == [(100, to_rgba(SPLIT_COLORS["train"])), (200, to_rgba(SPLIT_COLORS["val"]))]
 
 
 def test_phase_diagram_shows_the_most_common_phase_of_each_point():

@@ -156,7 +156,6 @@ def test_toy_split_trains_on_every_sum(seed):
     assert all(a <= b for a, b in pairs.tolist())
 
 
-
 def test_toy_splits_redrawn_to_cover_every_sum_stay_distinct_between_seeds():
     """At half the pairs most first draws miss a sum and are redrawn, some seeds more than
     1,000 times (then the split is built); a redraw must not land on another seed's
@@ -179,3 +178,21 @@ def test_every_toy_split_the_config_allows_covers_every_sum(fraction):
         train, val = task.split(seed)
         assert len(train) == int(fraction * 55) and sorted(train.tolist() + val.tolist()) == list(range(55))
         assert set(sums[train].tolist()) == set(range(19)), seed
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.82])
+def test_a_toy_split_is_the_first_covering_draw_of_its_seed(fraction):
+    """The rule that fixes the splits of every run in a store, and must not move: draws
+    seed * 1000 + attempt of torch.randperm, attempt 0, 1, ..., up to the first that gives
+    every sum a training pair (at these fractions, seeds 0-19 never run out of draws)."""
+    import grokcore as gc
+
+    task = gc.ToyAddition(p=10, train_fraction=fraction)
+    _, sums = task.examples()
+    n_train = int(fraction * 55)
+    for seed in range(20):
+        for attempt in range(1000):
+            perm = torch.randperm(55, generator=torch.Generator().manual_seed(seed * 1000 + attempt))
+            if len(set(sums[perm[:n_train]].tolist())) == 19:
+                break
+        assert torch.equal(task.split(seed)[0], perm[:n_train]), seed

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import threading
+from datetime import datetime
 
 import pandas as pd
 import pytest
@@ -66,9 +67,9 @@ def test_runs_command_prints_a_table_or_markdown(tmp_path, capsys):
     header, line = capsys.readouterr().out.splitlines()
     assert header.split()[:5] == ["run", "status", "members", "last", "evaluated"]
     assert line.split()[:5] == [config.run_name, "done", "1", "30", "/"]
-    # Created to the minute, in UTC as config.json records it.
-    created = json.loads((tmp_path / config.run_name / "config.json").read_text())["created"]
-    assert created[:16].replace("T", " ") in line
+    # Created to the minute, in UTC as config.json records it; then the code's version.
+    created = datetime.fromisoformat(json.loads((tmp_path / config.run_name / "config.json").read_text())["created"])
+    assert line.split()[-3:-1] == [created.strftime("%Y-%m-%d"), created.strftime("%H:%M")]
     assert main(["runs", "--root", str(tmp_path), "--markdown"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("| --- |") and lines[2].startswith(f"| {config.run_name} | done | 1 | 30 / 30 |")
@@ -134,30 +135,48 @@ def test_a_glance_at_the_lock_does_not_stop_a_run_from_starting(tmp_path):
     assert gc.train(config, root=tmp_path, progress=False).done
 
 
-def test_a_run_being_trained_elsewhere_is_refused_and_left_alone(tmp_path):
+@pytest.mark.parametrize("race", [False, True], ids=["folder-there", "both-made-it"])
+def test_a_run_being_trained_elsewhere_is_refused_and_left_alone(tmp_path, monkeypatch, race):
     """Another process holds the lock: train() refuses after its second of grace, and leaves
-    that process's folder and lock file where they are."""
+    that process's folder and lock file where they are, also when both processes found no
+    folder and made it at once (the one refused must not clean up as if the folder were its own)."""
     config = small_config(name="busy")
     path = tmp_path / config.run_name
-    path.mkdir()
-    with open(path / ".lock", "w") as other:
-        fcntl.flock(other, fcntl.LOCK_EX)  # as the other process's exclusive() holds it
-        with pytest.raises(RuntimeError, match="^another process is training"):
-            gc.train(config, root=tmp_path, progress=False)
-        assert sorted(p.name for p in path.iterdir()) == [".lock"]
+    other = []  # the other process's open lock file
+
+    def take_the_lock():
+        other.append(open(path / ".lock", "a"))
+        flock(other[0], fcntl.LOCK_EX)
+
+    flock = fcntl.flock
+    if race:  # the other process takes the lock between our mkdir and our first try
+
+        def other_first(f, operation):
+            if not other:
+                take_the_lock()
+            return flock(f, operation)
+
+        monkeypatch.setattr(fcntl, "flock", other_first)
+    else:
+        path.mkdir()
+        take_the_lock()
+    with pytest.raises(RuntimeError, match="^another process is training"):
+        gc.train(config, root=tmp_path, progress=False)
+    assert sorted(p.name for p in path.iterdir()) == [".lock"]
+    other[0].close()
 
 
 def test_the_store_writes_whole_files_readable_by_the_group(tmp_path, monkeypatch):
     """Every file lands by rename: no temporary file is left after a run, a write that fails
     part-way leaves the previous file whole, and files get the umask's mode (mkstemp's 0600
     would hide runs from the rest of a group on a cluster)."""
-    mask = os.umask(0o022)
+    mask = os.umask(0o027)
     try:
         run = gc.train(small_config(name="atomic"), root=tmp_path, progress=False)
     finally:
         os.umask(mask)
     assert [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")] == []
-    assert (run.path / "config.json").stat().st_mode & 0o777 == 0o644
+    assert (run.path / "config.json").stat().st_mode & 0o777 == 0o640
     before = (run.path / "config.json").read_bytes()
 
     def disk_full(fd):
