@@ -82,7 +82,8 @@ def test_neuron_frequencies_explain_variance_not_the_mean():
     """A neuron is its frequency's share of its variance: an offset (a neuron's mean firing
     rate) must not count as explained, or every neuron would pass the 85% threshold."""
     p = 11
-    neuron = [5 + math.cos(2 * math.pi * 2 * (a + b) / p) + 0.8 * math.cos(2 * math.pi * 3 * a / p) for a in range(p) for b in range(p)]
+    wave = lambda k, x: math.cos(2 * math.pi * k * x / p)  # noqa: E731
+    neuron = [5 + wave(2, a + b) + 0.8 * wave(3, a) for a in range(p) for b in range(p)]
     freq, frac = fourier.neuron_frequencies(torch.tensor(neuron)[:, None], p)
     expected = explained_by_least_squares(neuron, p, 2)
     assert expected == pytest.approx(0.5 / 0.82, abs=1e-9)  # mean squares 1/2 and 0.8^2 / 2
@@ -213,10 +214,9 @@ def test_progress_measures_equal_the_network_measured_by_hand(tmp_path):
     assert last.excluded_loss == pytest.approx(excluded, rel=1e-4)
 
     # Sparsity over the non-constant frequencies (the constant says nothing about a circuit).
-    embedding = model.embed.weight[:p].tolist()
-    assert last.gini_embedding == pytest.approx(gini_by_mean_difference(brute_frequency_norms(embedding, p)[1:]), rel=1e-4)
-    neuron_logit = neuron_logit_map_by_perturbation(model, p, d_mlp)
-    assert last.gini_neuron_logit == pytest.approx(gini_by_mean_difference(brute_frequency_norms(neuron_logit, p)[1:]), rel=1e-4)
+    sparsity = lambda matrix: gini_by_mean_difference(brute_frequency_norms(matrix, p)[1:])  # noqa: E731
+    assert last.gini_embedding == pytest.approx(sparsity(model.embed.weight[:p].tolist()), rel=1e-4)
+    assert last.gini_neuron_logit == pytest.approx(sparsity(neuron_logit_map_by_perturbation(model, p, d_mlp)), rel=1e-4)
     # Key frequencies, when not given, are those of the last network; at a threshold
     # where the first network has others (a network this young has no neuron at 85%).
     assert fourier.progress_measures(run, threshold=0.5)[1] == fourier.key_frequencies(model, p, 0.5)

@@ -131,7 +131,8 @@ def test_nanda_init_scales():
     assert set(matrices) == {"embed.weight", "pos.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.out.weight",
                              "blocks.0.mlp.inp.weight", "blocks.0.mlp.out.weight", "unembed.weight"}
     for name, w in matrices.items():
-        assert_drawn_from(w.detach(), 1 / math.sqrt(114 if name == "unembed.weight" else 128), name)  # 113 residues and "="
+        std = 1 / math.sqrt(114 if name == "unembed.weight" else 128)  # 113 residues and "="
+        assert_drawn_from(w.detach(), std, name)
     biases = [b for name, b in model.named_parameters() if name.endswith("bias")]
     assert len(biases) == 2 and all(b.abs().sum() == 0 for b in biases)  # the MLP's two
 
@@ -143,7 +144,8 @@ def test_quadratic_mlp_init_scale():
     model = ModularMLP(width=500).build(AlgorithmicTask(op="x+y", p=97, op_token=False).model_dims())
     assert_drawn_from(model.inp.detach(), 0.05, "U")
     assert_drawn_from(model.out.detach(), 0.05, "W")
-    assert_drawn_from(ModularMLP(width=500, init_std=0.2).build(AlgorithmicTask(op="x+y", p=97).model_dims()).out.detach(), 0.2, "W")
+    given = ModularMLP(width=500, init_std=0.2).build(AlgorithmicTask(op="x+y", p=97).model_dims())
+    assert_drawn_from(given.out.detach(), 0.2, "W")
 
 
 def test_toy_embeddings_start_uniform_on_an_interval_of_width_embed_init():

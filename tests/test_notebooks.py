@@ -96,7 +96,7 @@ def test_cli_finds_the_notebooks_repository_from_anywhere(tmp_path, monkeypatch)
     from grokcore.__main__ import main
 
     calls = []
-    monkeypatch.setattr(book, "execute", lambda root, nb, preset, overrides, **_: calls.append((root, nb, preset, overrides)))
+    monkeypatch.setattr(book, "execute", lambda *args, **_: calls.append(args))
     monkeypatch.chdir(tmp_path)
     nb = ROOT / "book/power2022/grokking.ipynb"
     assert main(["run", str(nb), "--preset", "ci", "-p", "seeds", "2"]) == 0

@@ -175,7 +175,7 @@ def test_each_split_s_threshold_line_sits_at_its_own_first_step():
     h = grokking_history({0: 200})
     h["train_acc"] = np.where(h["step"] >= 100, 1.0, 0.5)
     ax = curves(h, ax=plt.figure().gca())
-    dashed = sorted((line.get_xdata()[0], to_rgba(line.get_color())) for line in ax.get_lines() if line.get_linestyle() == "--")
+    dashed = sorted((line.get_xdata()[0], to_rgba(line.get_color())) for line in ax.lines if line.get_linestyle() == "--")
     assert dashed == [(100, to_rgba(SPLIT_COLORS["train"])), (200, to_rgba(SPLIT_COLORS["val"]))]
 
 
@@ -209,7 +209,8 @@ def test_phase_spans_cover_each_located_phase_and_skip_the_rest():
 
 
 def test_fourier_spectrum_marks_each_key_frequency_at_its_bars():
-    ax = fourier_spectrum({"W_E": np.arange(6.0), "W_L": np.ones(6), "W_U": np.ones(6)}, key_freqs=[2, 5], ax=plt.figure().gca())
+    norms = {"W_E": np.arange(6.0), "W_L": np.ones(6), "W_U": np.ones(6)}
+    ax = fourier_spectrum(norms, key_freqs=[2, 5], ax=plt.figure().gca())
     centre = [bar.get_x() + bar.get_width() / 2 for bar in ax.patches]  # 6 bars of each label in turn
     marks = sorted(line.get_xdata()[0] for line in ax.get_lines())
     assert marks == pytest.approx([np.mean(centre[k::6]) for k in (2, 5)])  # the middle of frequency k's bars

@@ -493,10 +493,6 @@ def metrics_by_hand(run, step, member, config):
     return out
 
 
-def val_acc_by_hand(run, step, member, config):
-    return metrics_by_hand(run, step, member, config)["val_acc"]
-
-
 def test_stop_at_freezes_members(tmp_path):
     config = small_config(task=gc.AlgorithmicTask(op="x+y", p=11, train_fraction=0.9), steps=400, stop_at=0.5, eval_points=40)
     run = gc.train(config, root=tmp_path, progress=False)
@@ -505,7 +501,7 @@ def test_stop_at_freezes_members(tmp_path):
     assert h["step"].max() < 400
     # The network as it stopped is kept, and it is the one that reached stop_at.
     assert run.checkpoint_steps[-1] == h["step"].max()
-    assert val_acc_by_hand(run, None, 0, config) == pytest.approx(h["val_acc"].iloc[-1], abs=1e-6)
+    assert metrics_by_hand(run, None, 0, config)["val_acc"] == pytest.approx(h["val_acc"].iloc[-1], abs=1e-6)
 
 
 def two_speed_config(**changes):
@@ -527,7 +523,7 @@ def test_a_stopped_member_is_frozen_while_the_other_trains_on(tmp_path):
     at_stop = run.flat_params(stop)[0]
     for step in later:  # neither decayed nor pushed on by its momentum
         assert torch.equal(run.flat_params(step)[0], at_stop), step
-    assert val_acc_by_hand(run, later[-1], 0, config) == pytest.approx(h0.val_acc.iloc[-1])
+    assert metrics_by_hand(run, later[-1], 0, config)["val_acc"] == pytest.approx(h0.val_acc.iloc[-1])
 
 
 def test_stop_at_one_stops_at_the_first_perfect_evaluation(tmp_path):
@@ -563,7 +559,7 @@ def test_each_member_s_history_carries_its_own_settings_and_metrics(tmp_path):
         assert list(rows.step) == sorted(rows.step)
         for key in ("seed", "lr", "weight_decay"):
             assert (rows[key] == member[key]).all(), key
-        assert rows.val_acc.iloc[-1] == pytest.approx(val_acc_by_hand(run, 12, k, config))
+        assert rows.val_acc.iloc[-1] == pytest.approx(metrics_by_hand(run, 12, k, config)["val_acc"])
 
 
 def test_metrics_of_members_with_different_splits_are_their_own(tmp_path):

@@ -231,9 +231,9 @@ class ToyAddition(Task):
             perm = seeded_permutation(n, seed * 1000 + attempt)
             if len(set(sums[perm[:n_train]].tolist())) == 2 * self.p - 1:
                 return perm[:n_train], perm[n_train:]
-        covered, first, rest, sums = set(), [], [], sums.tolist()
+        pair_sums, covered, first, rest = sums.tolist(), set(), [], []
         for i in seeded_permutation(n, 2**62 + seed).tolist():  # above every seed * 1000 + attempt
-            (rest if sums[i] in covered else first).append(i)
-            covered.add(sums[i])
+            (rest if pair_sums[i] in covered else first).append(i)
+            covered.add(pair_sums[i])
         order = torch.tensor(first + rest)
         return order[:n_train], order[n_train:]
