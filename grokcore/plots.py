@@ -196,11 +196,15 @@ def fourier_spectrum(norms: dict[str, np.ndarray], key_freqs: list[int], ax=None
     ax = ax or plt.gca()
     labels = list(norms)
     width = 0.8 / len(labels)
+    middle = 0.4 - width / 2  # of a frequency's group of bars, from its first bar's centre
     for i, label in enumerate(labels):
         values = np.asarray(norms[label])
         ax.bar(np.arange(len(values)) + i * width, values, width=width, label=label)
+    n = max(len(v) for v in norms.values())
+    step = next(s for s in (1, 2, 5, 10, 20, 50, 100, 10**9) if n / s <= 15)  # at most 15 labels
+    ax.set_xticks(np.arange(0, n, step) + middle, range(0, n, step))
     for k in key_freqs:
-        ax.axvline(k + 0.4 - width / 2, color="grey", lw=0.6, ls=":", zorder=0)
+        ax.axvline(k + middle, color="grey", lw=0.6, ls=":", zorder=0)
     ax.set(xlabel="frequency k (0: constant)", ylabel="norm")
     ax.legend(fontsize=8)
     return ax
