@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from grokcore.config import RunConfig, Spec
+from grokcore.measures.curves import first_step
 
 
 def runs_root() -> Path:
@@ -230,7 +231,7 @@ def _summary_row(path: Path) -> dict:
         "steps": run.config.steps,
         "train_acc": mean("train_acc"),
         "val_acc": mean("val_acc"),
-        "reached_99": int((history.groupby("member")["val_acc"].max() >= 0.99).sum()) if "val_acc" in history else None,
+        "reached_99": int(first_step(history, "val_acc", 0.99).notna().sum()) if "val_acc" in history else None,
         "wall_s": float(wall[0]) if wall else None,  # DONE is written last and may still be empty
         "created": run.meta.get("created"),
         "code": run.meta.get("code"),
