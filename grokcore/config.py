@@ -251,6 +251,13 @@ def _to_plain(v):
 # --------------------------------------------------------------------------------------
 
 
+def in_module(name: str, prefix: str) -> bool:
+    """Whether parameter ``name`` is the one ``prefix`` names or inside the module it names:
+    "blocks.1" holds blocks.1.* but not blocks.10.*, and a trailing dot changes nothing."""
+    module = prefix.rstrip(".")
+    return name == module or name.startswith(module + ".")
+
+
 @dataclass(frozen=True)
 class AdamW(Spec):
     """AdamW (decoupled weight decay, Loshchilov & Hutter) with a linear warm-up.
@@ -286,8 +293,7 @@ class AdamW(Spec):
         # A parameter in two groups would take the values of whichever came last in the dict,
         # an order the hash (of sorted keys) does not see: groups must name disjoint modules.
         for a, b in itertools.combinations(self.groups, 2):
-            outer, inner = sorted((a.rstrip("."), b.rstrip(".")), key=len)
-            if inner == outer or inner.startswith(outer + "."):
+            if in_module(a.rstrip("."), b) or in_module(b.rstrip("."), a):
                 raise ConfigError(
                     f"groups keys {a!r} and {b!r} are not allowed together: they share parameters; name disjoint modules"
                 )

@@ -37,7 +37,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.func import functional_call, vmap
 
-from grokcore.config import AdamW, ConfigError, RunConfig
+from grokcore.config import AdamW, ConfigError, RunConfig, in_module
 from grokcore.optim import EnsembleAdamW
 from grokcore.runs import (
     Run,
@@ -332,9 +332,8 @@ class Trainer:
         """Column ranges, in the flat weight rows, of the parameters named ``prefix`` or inside
         the module it names: "blocks.1" is blocks.1.* but not blocks.10.*."""
         ranges, offset = [], 0
-        module = prefix.rstrip(".")
         for name, p in self.base.named_parameters():
-            if name == module or name.startswith(module + "."):
+            if in_module(name, prefix):
                 ranges.append((offset, offset + p.numel()))
             offset += p.numel()
         if not ranges:
