@@ -216,7 +216,7 @@ def test_fourier_spectrum_marks_each_key_frequency_at_its_bars():
     assert marks == pytest.approx([np.mean(centre[k::6]) for k in (2, 5)])  # the middle of frequency k's bars
     assert ax.get_xticks() == pytest.approx([np.mean(centre[k::6]) for k in range(6)])  # and so is its tick
     assert [t.get_text() for t in ax.get_xticklabels()] == [str(k) for k in range(6)]
+    assert [bar.get_height() for bar in ax.patches[:6]] == list(range(6))  # the first label's norms, in order
     # Nanda et al.'s p = 113: 57 frequencies, labelled every fifth.
     many = fourier_spectrum({"W_E": np.ones(57)}, key_freqs=[], ax=plt.figure().gca())
     assert [t.get_text() for t in many.get_xticklabels()] == [str(k) for k in range(0, 57, 5)]
-    assert [bar.get_height() for bar in ax.patches[:6]] == list(range(6))  # the first label's norms, in order
