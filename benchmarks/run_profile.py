@@ -88,7 +88,7 @@ def timed_pieces():
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-compile", action="store_true", help="CUDA graphs of the uncompiled step")
-    parser.add_argument("--repeats", type=int, default=3, help="untimed-piece runs after the first")
+    parser.add_argument("--repeats", type=int, default=3, help="runs after the first (which compiles), before the one timed piece by piece")
     parser.add_argument("--steps", type=int, help="train this many steps instead of to 99%% (a short CPU check)")
     args = parser.parse_args()
 
