@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grokcore as gc  # noqa: E402
 from grokcore.runs import Run  # noqa: E402
 from grokcore.train import Trainer  # noqa: E402
-from speed import nanda_config, sync  # noqa: E402
+from speed import grokcore_steps_per_s, nanda_config, sync  # noqa: E402
 
 train_module = sys.modules["grokcore.train"]  # the package's ``train`` names the function
 
@@ -123,16 +123,8 @@ def main() -> None:
         print(f"  {1e3 * totals[label]:9.2f} ms  x{calls[label]:<4d} {label}")
     rest = total - sum(totals.values())
 
-    trainer = Trainer(nanda_config(stop_at=None), device, torch_compile=compile_step)
-    for _ in range(10):  # warm-up and CUDA-graph capture
-        trainer.train_step()
     timed = 1000 if device.type == "cuda" else 5
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(timed):
-        trainer.train_step()
-    sync()
-    step = (time.perf_counter() - t0) / timed
+    step = 1 / grokcore_steps_per_s(nanda_config(stop_at=None), device, timed, torch_compile=compile_step)
     print(f"  {1e3 * rest:9.2f} ms        the rest: {steps} training steps and the loop")
     print(f"  {1e3 * steps * step:9.2f} ms        {steps} x the step alone ({1e6 * step:.1f} µs, {timed} steps timed)")
 
