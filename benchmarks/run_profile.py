@@ -11,8 +11,8 @@ pieces timed: the trainer's set-up, the evaluations, the warm-up and capture of 
 graphs, the files written and the run opened at the end. Each piece waits for the GPU before
 and after, so its time holds its own GPU work and none of the steps queued before it; a piece
 called inside another counts once, in the inner one. What is left is the training steps and
-the loop around them, printed beside the steps times the step alone (timed last, as
-step_profile.py times it). Run on a GPU machine; not part of CI.
+the loop around them, printed beside the steps times the step alone (timed last, with
+speed.py's ``grokcore_steps_per_s``). Run on a GPU machine; not part of CI.
 """
 
 from __future__ import annotations

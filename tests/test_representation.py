@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+import grokcore as gc
 from grokcore.measures.representation import classify_phases, parallelograms, rqi
 
 
@@ -145,8 +146,6 @@ def test_rqi_refuses_too_few_tokens():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_toy_split_trains_on_every_sum(seed):
-    import grokcore as gc
-
     task = gc.ToyAddition(p=10, train_fraction=0.82)
     pairs, sums = task.examples()
     assert len(pairs) == 55 and sorted(set(sums.tolist())) == list(range(19))
@@ -160,8 +159,6 @@ def test_toy_splits_redrawn_to_cover_every_sum_stay_distinct_between_seeds():
     """At half the pairs most first draws miss a sum and are redrawn, some seeds more than
     1,000 times (then the split is built); a redraw must not land on another seed's
     permutation, or two members of one sweep would share a split."""
-    import grokcore as gc
-
     task = gc.ToyAddition(p=10, train_fraction=0.5)
     splits = [frozenset(task.split(seed)[0].tolist()) for seed in range(40)]
     assert len(set(splits)) == 40
@@ -170,8 +167,6 @@ def test_toy_splits_redrawn_to_cover_every_sum_stay_distinct_between_seeds():
 @pytest.mark.parametrize("fraction", [0.36, 0.5])
 def test_every_toy_split_the_config_allows_covers_every_sum(fraction):
     """0.36 of 55 pairs is 19, one per sum: random draws almost never cover them all."""
-    import grokcore as gc
-
     task = gc.ToyAddition(p=10, train_fraction=fraction)
     pairs, sums = task.examples()
     for seed in range(40):
@@ -185,8 +180,6 @@ def test_a_toy_split_is_the_first_covering_draw_of_its_seed(fraction):
     """The rule that fixes the splits of every run in a store, and must not move: draws
     seed * 1000 + attempt of torch.randperm, attempt 0, 1, ..., up to the first that gives
     every sum a training pair (at these fractions, seeds 0-19 never run out of draws)."""
-    import grokcore as gc
-
     task = gc.ToyAddition(p=10, train_fraction=fraction)
     _, sums = task.examples()
     n_train = int(fraction * 55)
