@@ -51,6 +51,13 @@ from grokcore.tasks.base import loss_gradient, per_example
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "weight_norm")
 
+# Two of torch's warnings that a grokcore user can do nothing about, and that would otherwise
+# head a chapter's training cell on a GPU: the autograd thread's first cuBLAS call finds no
+# CUDA context, and torch sets the primary one itself (pytorch/pytorch#120131); inductor
+# splits a softmax's reduction and says it is therefore not computed online.
+warnings.filterwarnings("ignore", "Attempting to run cuBLAS, but there was no current CUDA context", UserWarning)
+warnings.filterwarnings("ignore", r"\s*Online softmax is disabled on the fly", UserWarning)
+
 
 def compile_options(members: int) -> dict:
     """Inductor's options for the step of ``members`` networks. Combo kernels launch

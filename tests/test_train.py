@@ -238,6 +238,27 @@ def test_compile_that_fails_with_inductor_options_is_retried_without_them(monkey
     assert torch.equal(retried.flat, eager.flat)
 
 
+def test_torch_warnings_nobody_can_act_on_are_hidden_and_others_are_not():
+    # In a new process: pytest restores the warning filters after importing the test modules.
+    # The first two texts are torch 2.11's own.
+    script = """
+import warnings
+import grokcore.train
+with warnings.catch_warnings(record=True) as caught:
+    warnings.warn("Attempting to run cuBLAS, but there was no current CUDA context! Attempting to"
+                  " set the primary context... (Triggered internally at CublasHandlePool.cpp:335.)")
+    warnings.warn("\\nOnline softmax is disabled on the fly since Inductor decides to\\nsplit the reduction.")
+    warnings.warn("Attempting to run cuBLAS with no CUDA device")
+    warnings.warn("Online softmax is disabled on the fly", DeprecationWarning)
+print([(w.category.__name__, str(w.message)) for w in caught])
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(
+        [("UserWarning", "Attempting to run cuBLAS with no CUDA device"),
+         ("DeprecationWarning", "Online softmax is disabled on the fly")]
+    )
+
+
 @pytest.mark.parametrize("model", MODELS, ids=["vmap", "forward_members"])
 def test_members_with_different_hyperparameters_equal_separate_runs(model):
     config = small_config(model=model, seeds=2, sweep={"lr": [1e-3, 5e-3], "weight_decay": [0.0, 1.0]}, batch_size=16)
