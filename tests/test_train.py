@@ -105,17 +105,17 @@ def test_each_members_gradient_is_that_of_its_own_mean_loss(model, batch_size):
     trainer = Trainer(config, torch.device("cpu"))
     assert (trainer.batch is None) == (batch_size is None)  # the full batch: the padded split itself
     trainer.train_step()  # away from the initial weights
-    idx, weight = trainer.sample_batch()
-    counts = weight.sum(1).long().tolist()
+    idx, share = trainer.sample_batch()
+    counts = (share > 0).sum(1).tolist()
     assert len(set(counts)) == 3, "the members must differ in how many examples they average over"
-    outputs, gradient = trainer._outputs_and_gradient(trainer.flat, idx, weight)
+    outputs, gradient = trainer._outputs_and_gradient(trainer.flat, idx, share)
     (grad,) = torch.autograd.grad(outputs, trainer.flat, gradient)
     inputs, targets = config.task.examples()
     for k, member in enumerate(config.members()):
         net = build_member(config, member)
         torch.nn.utils.vector_to_parameters(trainer.flat.detach()[k], net.parameters())
         real = idx[k, : counts[k]]  # real examples come first, padding after
-        assert weight[k, counts[k]:].sum() == 0
+        assert share[k, counts[k]:].sum() == 0
         out = net(inputs[real])
         if mse:
             loss = F.mse_loss(out, F.one_hot(targets[real], out.shape[-1]).float())
@@ -296,12 +296,12 @@ def test_batches_are_without_replacement_and_capped(batch_size):
     a padding slot, when the splits' sizes differ."""
     config = small_config(batch_size=batch_size, max_batch_fraction=0.5, sweep={"train_fraction": [0.31, 0.9]})
     trainer = Trainer(config, torch.device("cpu"))
-    idx, weight = trainer.sample_batch()
+    idx, share = trainer.sample_batch()
     for k, member in enumerate(trainer.members):
         n_train = int(member["train_fraction"] * 121)  # 37 (odd: half rounds up) and 108 (the cap binds)
         own = trainer.data.train_idx[k][trainer.data.train_weight[k] > 0].tolist()
         assert len(own) == n_train
-        real = idx[k][weight[k] > 0].tolist()
+        real = idx[k][share[k] > 0].tolist()
         assert len(real) == min(batch_size or n_train, -(-n_train // 2))
         assert len(set(real)) == len(real)
         assert set(real) <= set(own)
