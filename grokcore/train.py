@@ -15,8 +15,10 @@ other members share its run, and a resumed run repeats an uninterrupted one exac
 from __future__ import annotations
 
 import copy
+import csv
 import ctypes
 import functools
+import io
 import itertools
 import json
 import math
@@ -31,7 +33,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -735,8 +736,15 @@ def _in_main_thread() -> bool:
 
 
 def write_history(path: Path, trainer: Trainer, rows: list[list]) -> None:
-    frame = pd.DataFrame(rows, columns=["member", "step", *trainer.metric_names, "wall_time"])
+    """history.csv: a row per member and evaluation, by member and step, with the member's
+    seed and swept values beside its metrics. Written with the csv module, which pandas
+    reads back to the same table: pandas took 18 ms to build it for a run of 116
+    evaluations on the GPU machine's host, part of the time every run is timed by."""
     swept = ["seed", *trainer.config.sweep]
-    members = pd.DataFrame([{k: m[k] for k in swept} for m in trainer.members]).rename_axis("member").reset_index()
-    frame = members.merge(frame, on="member").sort_values(["member", "step"], kind="stable")
-    atomic_write_text(path / "history.csv", frame.to_csv(index=False))
+    values = [[member[key] for key in swept] for member in trainer.members]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["member", *swept, "step", *trainer.metric_names, "wall_time"])
+    for member, *rest in sorted(rows, key=lambda row: (row[0], row[1])):
+        writer.writerow([member, *values[member], *rest])
+    atomic_write_text(path / "history.csv", text.getvalue())

@@ -25,6 +25,7 @@ from grokcore.train import (
     eval_schedule,
     flatten,
     log_steps,
+    write_history,
 )
 
 
@@ -581,6 +582,30 @@ def test_each_member_s_history_carries_its_own_settings_and_metrics(tmp_path):
         for key in ("seed", "lr", "weight_decay"):
             assert (rows[key] == member[key]).all(), key
         assert rows.val_acc.iloc[-1] == pytest.approx(metrics_by_hand(run, 12, k, config)["val_acc"])
+
+
+def test_history_file_reads_back_as_the_rows_written(tmp_path):
+    """write_history's csv, read as Run reads it: a row per member and evaluation, sorted by
+    member and step, with the member's seed and swept values; a diverged loss (nan, inf) and a
+    sweep of ints and floats come back as written."""
+    import pandas as pd
+
+    config = small_config(seeds=2, sweep={"lr": [1, 0.5]})
+    trainer = Trainer(config, torch.device("cpu"))
+    n = len(trainer.metric_names)
+    members = config.members()
+    rows = [[k, step, *[step + k / 10] * n, step / 100] for step in (10, 0, 5) for k in range(len(members))]
+    rows[0][2], rows[1][3] = math.nan, math.inf
+    write_history(tmp_path, trainer, rows)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history.columns) == ["member", "seed", "lr", "step", *trainer.metric_names, "wall_time"]
+    expected = sorted(rows, key=lambda row: (row[0], row[1]))
+    assert len(history) == len(expected) == 3 * len(members)
+    for (_, got), (k, step, *metrics, wall) in zip(history.iterrows(), expected):
+        assert (got.member, got.step, got.seed, got.lr) == (k, step, members[k]["seed"], members[k]["lr"])
+        values = [got[name] for name in trainer.metric_names] + [got.wall_time]
+        for value, want in zip(values, [*metrics, wall]):
+            assert value == want or (math.isnan(value) and math.isnan(want))
 
 
 def test_metrics_of_members_with_different_splits_are_their_own(tmp_path):
