@@ -14,7 +14,6 @@ other members share its run, and a resumed run repeats an uninterrupted one exac
 
 from __future__ import annotations
 
-import copy
 import csv
 import ctypes
 import functools
@@ -249,8 +248,8 @@ class Trainer:
         self.data = config.task.build(self.members, device)
 
         models = [build_member(config, m) for m in self.members]
-        self.base = copy.deepcopy(models[0]).to("meta")  # the architecture; weights come from self.flat
         self.flat = torch.stack([flatten(m) for m in models]).to(device).requires_grad_()
+        self.base = models[0].to("meta")  # the architecture; weights come from self.flat
         self.opt = EnsembleAdamW(self.flat, config.optim, eps=self._member_values("eps"), **self._group_values())
         self.seeds = torch.tensor([m["seed"] for m in self.members], device=device)
         self.active = torch.ones(K, 1, device=device)
