@@ -259,14 +259,13 @@ class Trainer:
         counts = self.data.train_count.round().long().tolist()
         if config.batch_size is None and config.max_batch_fraction == 1:
             self.batch = None  # the full batch
-        else:
-            cap = math.inf if config.batch_size is None else config.batch_size
-            sizes = [min(cap, math.ceil(config.max_batch_fraction * n)) for n in counts]
-            width = max(sizes)
-            self.batch = width
-        if self.batch is None:
             weight = self.data.train_weight
         else:
+            cap = math.inf if config.batch_size is None else config.batch_size
+            # At most each member's training set (max_batch_fraction <= 1), so at most the
+            # padded width that sample_batch draws from.
+            sizes = [min(cap, math.ceil(config.max_batch_fraction * n)) for n in counts]
+            self.batch = max(sizes)
             weight = (torch.arange(self.batch)[None, :] < torch.tensor(sizes)[:, None]).float().to(device)
         # Each drawn example's part of its member's mean loss (0 for padding): the same every
         # step, so worked out once rather than as a reduction in every step.
@@ -374,14 +373,14 @@ class Trainer:
     def sample_batch(self) -> tuple[Tensor, Tensor]:
         """(K, B) example indices for this step, and each one's share of its member's mean
         loss (0 for padding)."""
-        train_idx, train_weight = self.data.train_idx, self.data.train_weight
         if self.batch is None:
-            return train_idx, self.share
+            return self.data.train_idx, self.share
+        train_idx, train_weight = self.data.train_idx, self.data.train_weight
         n = train_idx.shape[1]
         member_key = _hash32(_hash32(self.seeds * 0x9E3779B1 + 0x632BE5AB) ^ self.step_count)
         keys = _hash32(member_key[:, None] ^ (torch.arange(n, device=self.device)[None, :] * 0x85EBCA6B))
         keys = keys.masked_fill(train_weight == 0, 1 << 40)  # padding sorts last
-        pos = keys.topk(min(self.batch, n), dim=1, largest=False, sorted=True).indices
+        pos = keys.topk(self.batch, dim=1, largest=False, sorted=True).indices
         return train_idx.gather(1, pos), self.share
 
     def _outputs_and_gradient(self, flat: Tensor, idx: Tensor, share: Tensor) -> tuple[Tensor, Tensor]:
@@ -738,7 +737,8 @@ def write_history(path: Path, trainer: Trainer, rows: list[list]) -> None:
     """history.csv: a row per member and evaluation, by member and step, with the member's
     seed and swept values beside its metrics. Written with the csv module, which pandas
     reads back to the same table: pandas took 18 ms to build it for a run of 116
-    evaluations on the GPU machine's host, part of the time every run is timed by."""
+    evaluations on the GPU machine's host, part of the time every run is timed by. A
+    diverged metric is written as nan (pandas wrote an empty field; both read back as NaN)."""
     swept = ["seed", *trainer.config.sweep]
     values = [[member[key] for key in swept] for member in trainer.members]
     text = io.StringIO()
