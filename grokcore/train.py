@@ -125,6 +125,21 @@ def in_chunks(forward: Callable, chunk: int | None, shared: bool = False) -> Cal
     return chunked
 
 
+def eval_passes(evals: dict[str, tuple[Tensor, Tensor]], members: int) -> list[tuple[Tensor, list[tuple[int, int, Tensor]]]]:
+    """The forward passes of an evaluation: each pass's example indices, and the splits it
+    holds as (first column, end column, weights). The training and validation sets go in one
+    pass: at these sizes a pass costs its kernels more than its rows (on an H100, an
+    evaluation of Nanda et al.'s model took 0.38 ms in one pass, 0.46 ms in two). A
+    validation set that several members share keeps a pass of its own, which ``vmap`` runs
+    as one product for all of them."""
+    (train, train_weight), (val, val_weight) = evals["train"], evals["val"]
+    n_train, n_val = train.shape[-1], val.shape[-1]
+    if val.dim() == 1 and members > 1:
+        return [(train, [(0, n_train, train_weight)]), (val, [(0, n_val, val_weight)])]
+    joined = torch.cat([train, val.expand(members, -1)], dim=1)
+    return [(joined, [(0, n_train, train_weight), (n_train, n_train + n_val, val_weight)])]
+
+
 # glibc's mallopt parameters (malloc.h), and the environment through which a user sets them.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
@@ -246,6 +261,7 @@ class Trainer:
         self.members = config.members()
         K = len(self.members)
         self.data = config.task.build(self.members, device)
+        self.eval_passes = eval_passes(self.data.evals, K)
 
         models = [build_member(config, m) for m in self.members]
         self.flat = torch.stack([flatten(m) for m in models]).to(device).requires_grad_()
@@ -520,18 +536,19 @@ class Trainer:
     def _metrics(self, flat: Tensor) -> Tensor:
         params = unflatten(flat, self.base)
         out = []
-        for split in ("train", "val"):
-            idx, weight = self.data.evals[split]
+        for idx, splits in self.eval_passes:
             x, y = self.data.inputs[idx], self.data.targets[idx]
             logits = self._forward_shared(params, x) if idx.dim() == 1 else self._forward(params, x)
             if idx.dim() == 1:
                 y = y.expand(logits.shape[0], -1)
-            loss, correct = per_example(self.data.loss, logits, y)
-            total = weight.sum(1)
-            # The fraction correct in float64, so that 9 of 10 is 0.9 in the history, as it
-            # is to stop_at; float32 would store 0.8999999762, below a threshold of 0.9.
-            accuracy = (correct * weight).sum(1).double() / total.double()
-            out += [((loss * weight).sum(1) / total).double(), accuracy]
+            losses, corrects = per_example(self.data.loss, logits, y)
+            for a, b, weight in splits:  # training then validation, as METRICS lists them
+                loss, correct = losses[:, a:b], corrects[:, a:b]
+                total = weight.sum(1)
+                # The fraction correct in float64, so that 9 of 10 is 0.9 in the history, as it
+                # is to stop_at; float32 would store 0.8999999762, below a threshold of 0.9.
+                accuracy = (correct * weight).sum(1).double() / total.double()
+                out += [((loss * weight).sum(1) / total).double(), accuracy]
         out.append(flat.norm(dim=1).double())
         for ranges in self.tracked.values():
             out.append(torch.cat([flat[:, a:b] for a, b in ranges], dim=1).norm(dim=1).double())

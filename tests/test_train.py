@@ -608,12 +608,21 @@ def test_history_file_reads_back_as_the_rows_written(tmp_path):
             assert value == want or (math.isnan(value) and math.isnan(want))
 
 
-def test_metrics_of_members_with_different_splits_are_their_own(tmp_path):
-    """Members of different training fractions hold padded index rows of one width; each
-    member's losses and accuracies count its real examples alone."""
-    config = small_config(sweep={"train_fraction": [0.3, 0.8]}, steps=100, eval_points=4, checkpoints=2)
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},  # one member: its training and validation sets in one forward pass
+        {"seeds": 2},  # a validation set that both members share: a pass of its own
+        {"sweep": {"train_fraction": [0.3, 0.8]}},  # padded rows of one width, each member's own
+    ],
+)
+def test_metrics_are_each_member_s_own_counted_by_hand(tmp_path, changes):
+    """Each member's losses and accuracies count its own real examples alone, however the
+    evaluation lays its splits out (padded rows of members of different training fractions,
+    one set shared by all members, both splits in one pass)."""
+    config = small_config(steps=100, eval_points=4, checkpoints=2, **changes)
     run = gc.train(config, root=tmp_path, progress=False)
-    for k in range(2):
+    for k in range(len(config.members())):
         last = run.history[run.history.member == k].iloc[-1]
         assert last.step == 100
         for name, value in metrics_by_hand(run, 100, k, config).items():
