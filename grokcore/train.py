@@ -704,14 +704,15 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: str, save
         while True:
             if step in eval_set and step > evaluated:
                 metrics = trainer.evaluate().cpu()  # the one host sync, at evaluations only
+                values = metrics.tolist()  # Python floats: the GPU idles until the next step is launched
                 evaluated = step
                 elapsed = wall()
                 for k in range(K):
                     if trainer.stopped_at[k] is None:
-                        rows.append([k, step, *metrics[k].tolist(), elapsed])
+                        rows.append([k, step, *values[k], elapsed])
                 if config.stop_at is not None:
                     for k in range(K):
-                        if trainer.stopped_at[k] is None and metrics[k, METRICS.index("val_acc")] >= config.stop_at:
+                        if trainer.stopped_at[k] is None and values[k][METRICS.index("val_acc")] >= config.stop_at:
                             trainer.stopped_at[k] = step
                             trainer.active[k] = 0.0
                 if step in checkpoints:
