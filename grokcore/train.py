@@ -305,9 +305,10 @@ class Trainer:
         self.use_graph = device.type == "cuda" and cuda_graphs
         self.graph: torch.cuda.CUDAGraph | None = None
         # Steps run eagerly on a side stream before the capture, as a graph's warm-up must.
-        # One is enough (lazy set-up happens at a function's first call): on an H100, Power's
-        # uncompiled step replayed to equal weights after one or three, and each warm-up step
-        # of Nanda's compiled step took 4-6 ms of a run's 1.2 s, against 0.24 ms replayed.
+        # One is enough (lazy set-up happens at a function's first call): Nanda's and Power's
+        # uncompiled steps were captured after one or three in a new process, and Power's
+        # replayed to equal weights either way; each warm-up step of Nanda's compiled step
+        # took 3.8-5.4 ms of a run's 1.2 s, against 0.24 ms replayed (H100 and H200).
         self.warmup_left = 1
         self.graph_evaluations = self.use_graph  # its own flag: one failed capture leaves the other
         self.eval_graph: torch.cuda.CUDAGraph | None = None
