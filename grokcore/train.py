@@ -73,7 +73,7 @@ def compile_options(members: int) -> dict:
 @functools.cache
 def compiled_method(method: Callable, options: tuple[tuple[str, Any], ...]) -> Callable:
     """``torch.compile`` of a trainer's method (called with the trainer first), made once per
-    process and inductor ``options``: Dynamo keeps the compiled code per method anyway (on
+    process and inductor ``options`` and kept for the process's life: Dynamo keeps the compiled code per method anyway (on
     its code object), so every trainer can share the wrapper, and making one costs a copy of
     inductor's config to check the options against, 12 ms of a warm run's 1.2 s on an H100's
     host."""
@@ -141,7 +141,8 @@ def eval_passes(evals: dict[str, tuple[Tensor, Tensor]], members: int) -> list[t
     pass: at these sizes a pass costs its kernels more than its rows (on an H100, an
     evaluation of Nanda et al.'s model took 0.38 ms in one pass, 0.46 ms in two). A
     validation set that several members share keeps a pass of its own, which ``vmap`` runs
-    as one product for all of them."""
+    as one product for all of them. The joined pass holds both sets' activations at once,
+    which the algorithmic tasks' few thousand examples can afford."""
     (train, train_weight), (val, val_weight) = evals["train"], evals["val"]
     n_train, n_val = train.shape[-1], val.shape[-1]
     if val.dim() == 1 and members > 1:
@@ -305,10 +306,11 @@ class Trainer:
         self.use_graph = device.type == "cuda" and cuda_graphs
         self.graph: torch.cuda.CUDAGraph | None = None
         # Steps run eagerly on a side stream before the capture, as a graph's warm-up must.
-        # One is enough (lazy set-up happens at a function's first call): Nanda's and Power's
-        # uncompiled steps were captured after one or three in a new process, and Power's
-        # replayed to equal weights either way; each warm-up step of Nanda's compiled step
-        # took 3.8-5.4 ms of a run's 1.2 s, against 0.24 ms replayed (H100 and H200).
+        # One is enough (lazy set-up happens at a function's first call): in a new process on
+        # an H200, Nanda's and Power's uncompiled steps were captured after one or three, and
+        # on an H100 Power's replayed to equal weights either way, and Nanda's compiled runs
+        # reached 99% in as many steps as before; there, each warm-up step of Nanda's compiled
+        # step took 2.6-8.1 ms of a run's 1.2 s, against 0.24 ms replayed.
         self.warmup_left = 1
         self.graph_evaluations = self.use_graph  # its own flag: one failed capture leaves the other
         self.eval_graph: torch.cuda.CUDAGraph | None = None
@@ -705,7 +707,9 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: str, save
         while True:
             if step in eval_set and step > evaluated:
                 metrics = trainer.evaluate().cpu()  # the one host sync, at evaluations only
-                values = metrics.tolist()  # Python floats: the GPU idles until the next step is launched
+                # Read once into Python floats: the GPU is idle until the next step is launched,
+                # so indexing tensors member by member here would be pure delay.
+                values = metrics.tolist()
                 evaluated = step
                 elapsed = wall()
                 for k in range(K):

@@ -21,6 +21,7 @@ from grokcore.train import (
     checkpoint_schedule,
     compile_metrics_pays_off,
     compile_pays_off,
+    compiled_method,
     cpu_chunk_size,
     eval_schedule,
     flatten,
@@ -207,7 +208,16 @@ def test_failed_compile_falls_back_to_the_same_trajectory():
     assert torch.equal(metrics, Trainer(config, torch.device("cpu")).evaluate())
 
 
-def test_compile_that_fails_with_inductor_options_is_retried_without_them(monkeypatch):
+@pytest.fixture
+def no_compile_wrappers():
+    """The process's torch.compile wrappers (``compiled_method``) dropped before and after: a
+    test that fakes torch.compile neither finds real ones nor leaves its fakes behind."""
+    compiled_method.cache_clear()
+    yield
+    compiled_method.cache_clear()
+
+
+def test_compile_that_fails_with_inductor_options_is_retried_without_them(monkeypatch, no_compile_wrappers):
     """Combo kernels are inductor's least tried option: where compiling with them fails, the
     step compiles again without them (with a warning) before it gives up compiling."""
     config = small_config()
@@ -612,7 +622,8 @@ def test_history_file_reads_back_as_the_rows_written(tmp_path):
     "changes",
     [
         {},  # one member: its training and validation sets in one forward pass
-        {"seeds": 2},  # a validation set that both members share: a pass of its own
+        {"seeds": 2},  # each member's own splits (the split follows the seed), of one width
+        {"sweep": {"lr": [3e-3, 1e-2]}},  # one validation set that both members share: a pass of its own
         {"sweep": {"train_fraction": [0.3, 0.8]}},  # padded rows of one width, each member's own
     ],
 )
