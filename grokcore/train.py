@@ -135,17 +135,22 @@ def in_chunks(forward: Callable, chunk: int | None, shared: bool = False) -> Cal
     return chunked
 
 
-def eval_passes(evals: dict[str, tuple[Tensor, Tensor]], members: int) -> list[tuple[Tensor, list[tuple[int, int, Tensor]]]]:
+def eval_passes(
+    evals: dict[str, tuple[Tensor, Tensor]], members: int, join: bool
+) -> list[tuple[Tensor, list[tuple[int, int, Tensor]]]]:
     """The forward passes of an evaluation: each pass's example indices, and the splits it
-    holds as (first column, end column, weights). The training and validation sets go in one
-    pass: at these sizes a pass costs its kernels more than its rows (on an H100, an
-    evaluation of Nanda et al.'s model took 0.38 ms in one pass, 0.46 ms in two). A
-    validation set that several members share keeps a pass of its own, which ``vmap`` runs
-    as one product for all of them. The joined pass holds both sets' activations at once,
-    which the algorithmic tasks' few thousand examples can afford."""
+    holds as (first column, end column, weights).
+
+    With ``join`` (on a GPU) the training and validation sets go in one pass: at these sizes
+    a GPU pass costs its kernels more than its rows (on an H100, an evaluation of Nanda et
+    al.'s model took 0.38 ms in one pass, 0.46 ms in two). On the CPU a pass costs its
+    arithmetic, the same either way, while a joined pass's intermediates are twice as large:
+    Power et al.'s evaluation took 152-165 ms joined against 138-150 ms apart on 2 cores. A
+    validation set that several members share always has a pass of its own, which ``vmap``
+    runs as one product for all of them."""
     (train, train_weight), (val, val_weight) = evals["train"], evals["val"]
     n_train, n_val = train.shape[-1], val.shape[-1]
-    if val.dim() == 1 and members > 1:
+    if not join or (val.dim() == 1 and members > 1):
         return [(train, [(0, n_train, train_weight)]), (val, [(0, n_val, val_weight)])]
     joined = torch.cat([train, val.expand(members, -1)], dim=1)
     return [(joined, [(0, n_train, train_weight), (n_train, n_train + n_val, val_weight)])]
@@ -272,7 +277,7 @@ class Trainer:
         self.members = config.members()
         K = len(self.members)
         self.data = config.task.build(self.members, device)
-        self.eval_passes = eval_passes(self.data.evals, K)
+        self.eval_passes = eval_passes(self.data.evals, K, join=device.type == "cuda")
 
         models = [build_member(config, m) for m in self.members]
         self.flat = torch.stack([flatten(m) for m in models]).to(device).requires_grad_()

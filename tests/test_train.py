@@ -618,19 +618,24 @@ def test_history_file_reads_back_as_the_rows_written(tmp_path):
             assert value == want or (math.isnan(value) and math.isnan(want))
 
 
+@pytest.mark.parametrize("joined", [False, True], ids=["apart", "joined"])  # the CPU's passes, a GPU's
 @pytest.mark.parametrize(
     "changes",
     [
-        {},  # one member: its training and validation sets in one forward pass
+        {},  # one member
         {"seeds": 2},  # each member's own splits (the split follows the seed), of one width
         {"sweep": {"lr": [3e-3, 1e-2]}},  # one validation set that both members share: a pass of its own
         {"sweep": {"train_fraction": [0.3, 0.8]}},  # padded rows of one width, each member's own
     ],
 )
-def test_metrics_are_each_member_s_own_counted_by_hand(tmp_path, changes):
+def test_metrics_are_each_member_s_own_counted_by_hand(tmp_path, monkeypatch, changes, joined):
     """Each member's losses and accuracies count its own real examples alone, however the
-    evaluation lays its splits out (padded rows of members of different training fractions,
-    one set shared by all members, both splits in one pass)."""
+    evaluation lays its splits out: padded rows of members of different training fractions,
+    one set shared by all members, and the training and validation sets in one forward pass
+    (as on a GPU) or apart (as on the CPU)."""
+    train_module = sys.modules["grokcore.train"]
+    passes = train_module.eval_passes
+    monkeypatch.setattr(train_module, "eval_passes", lambda evals, members, join: passes(evals, members, joined))
     config = small_config(steps=100, eval_points=4, checkpoints=2, **changes)
     run = gc.train(config, root=tmp_path, progress=False)
     for k in range(len(config.members())):
