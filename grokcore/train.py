@@ -73,10 +73,10 @@ def compile_options(members: int) -> dict:
 @functools.cache
 def compiled_method(method: Callable, options: tuple[tuple[str, Any], ...]) -> Callable:
     """``torch.compile`` of a trainer's method (called with the trainer first), made once per
-    process and inductor ``options`` and kept for the process's life: Dynamo keeps the compiled code per method anyway (on
-    its code object), so every trainer can share the wrapper, and making one costs a copy of
-    inductor's config to check the options against, 12 ms of a warm run's 1.2 s on an H100's
-    host."""
+    inductor ``options`` and kept for the process's life. Dynamo keeps the compiled code per
+    method anyway (on its code object), so every trainer can share the wrapper; making one
+    copies inductor's config to check the options against, 12 ms of a warm run's 1.2 s on an
+    H100's host."""
     return torch.compile(method, dynamic=False, options=dict(options))
 
 
@@ -311,11 +311,11 @@ class Trainer:
         self.use_graph = device.type == "cuda" and cuda_graphs
         self.graph: torch.cuda.CUDAGraph | None = None
         # Steps run eagerly on a side stream before the capture, as a graph's warm-up must.
-        # One is enough (lazy set-up happens at a function's first call): in a new process on
-        # an H200, Nanda's and Power's uncompiled steps were captured after one or three, and
-        # on an H100 Power's replayed to equal weights either way, and Nanda's compiled runs
-        # reached 99% in as many steps as before; there, each warm-up step of Nanda's compiled
-        # step took 2.6-8.1 ms of a run's 1.2 s, against 0.24 ms replayed.
+        # One is enough, since lazy set-up happens at a function's first call. In a new process
+        # on an H200, Nanda's and Power's uncompiled steps were captured after one or three; on
+        # H100s, Power's replayed to equal weights either way, Nanda's compiled runs reached 99%
+        # in as many steps as before, and each warm-up step of Nanda's compiled step took
+        # 2.6-8.1 ms of a run's 1.2 s, against 0.24 ms replayed.
         self.warmup_left = 1
         self.graph_evaluations = self.use_graph  # its own flag: one failed capture leaves the other
         self.eval_graph: torch.cuda.CUDAGraph | None = None
@@ -374,7 +374,8 @@ class Trainer:
         def compiled(name, pays_off=True):
             if not (on and pays_off):
                 return getattr(self, name)
-            return functools.partial(compiled_method(getattr(type(self), name), tuple(sorted(self.compile_options.items()))), self)
+            options = tuple(sorted(self.compile_options.items()))
+            return functools.partial(compiled_method(getattr(type(self), name), options), self)
 
         self._outputs_fn, self._update_fn = compiled("_outputs_and_gradient"), compiled("_update")
         self.metrics_compiled = on and compile_metrics_pays_off(evaluations, len(self.members), graphed=self.graph_evaluations)
