@@ -320,6 +320,32 @@ def test_batches_are_without_replacement_and_capped(batch_size):
     assert not torch.equal(trainer.sample_batch()[0], idx)
 
 
+def test_batches_are_the_smallest_hash_keys_worked_out_by_hand():
+    """The draw itself, in plain Python integers: member k's batch at step t is the examples of
+    its split with the B smallest keys hash(hash(hash(seed_k) ^ t) ^ example), in that order.
+    It pins which examples every step trains on, so that a change of the trainer's code cannot
+    silently change the book's runs."""
+    M = 0xFFFFFFFF
+
+    def hash32(x):
+        x &= M
+        x = ((x ^ (x >> 16)) * 0x7FEB352D) & M
+        x = ((x ^ (x >> 15)) * 0x5BD1E995) & M
+        return x ^ (x >> 16)
+
+    config = small_config(batch_size=6, seeds=2, sweep={"train_fraction": [0.3, 0.6]})
+    trainer = Trainer(config, torch.device("cpu"))
+    for step in (0, 1, 17):
+        trainer.step_count.fill_(step)
+        idx, _ = trainer.sample_batch()
+        for k, member in enumerate(trainer.members):
+            split = trainer.data.train_idx[k][trainer.data.train_weight[k] > 0].tolist()  # padding last
+            member_key = hash32(hash32(member["seed"] * 0x9E3779B1 + 0x632BE5AB) ^ step)
+            keys = [hash32(member_key ^ (i * 0x85EBCA6B)) for i in range(len(split))]
+            drawn = sorted(range(len(split)), key=keys.__getitem__)[:6]
+            assert idx[k].tolist() == [split[i] for i in drawn]
+
+
 def test_members_with_different_seeds_draw_different_batches():
     """Positions within each member's own split, so that differing splits cannot pass for differing draws."""
     trainer = Trainer(small_config(batch_size=8, seeds=2), torch.device("cpu"))
