@@ -383,6 +383,9 @@ class Trainer:
             return functools.partial(compiled_method(getattr(type(self), name), options), self)
 
         self._outputs_fn, self._update_fn = compiled("_outputs_and_gradient"), compiled("_update")
+        # The batch's keys are a dozen integer operations, one kernel compiled: Power et al.'s
+        # compiled step took 351 µs instead of 393 on an H100. A full batch draws nothing.
+        self._sample_fn = compiled("sample_batch", self.batch is not None)
         self.metrics_compiled = on and compile_metrics_pays_off(evaluations, len(self.members), graphed=self.graph_evaluations)
         self._metrics_fn = compiled("_metrics", self.metrics_compiled)
 
@@ -441,7 +444,7 @@ class Trainer:
 
     def _step(self) -> None:
         """One update of every member: only device work, no host sync (graph-capturable)."""
-        idx, share = self.sample_batch()
+        idx, share = self._sample_fn()
         rows = self._training_rows()
         if rows is not None and not len(rows):  # every member has stopped
             self.step_count += 1
