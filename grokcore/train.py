@@ -60,14 +60,22 @@ warnings.filterwarnings("ignore", r"\s*Online softmax is disabled on the fly", U
 
 
 def compile_options(members: int) -> dict:
-    """Inductor's options for the step of ``members`` networks. Combo kernels launch
-    independent small kernels (the parameters' separate gradient products, say) as one. That
-    pays where a step is a chain of tiny kernels: on an H100 they took 6-8% off the step of one
-    Nanda or Power model and 3% off 4 Power models, nothing off 16, and 64 took 8% longer.
-    Asked for only where this torch version knows the option."""
-    import torch._inductor.config
+    """Inductor's options for the step of ``members`` networks, those this torch version knows.
 
-    return {"combo_kernels": True} if members <= 16 and hasattr(torch._inductor.config, "combo_kernels") else {}
+    Combo kernels launch independent small kernels (the parameters' separate gradient
+    products, say) as one. That pays where a step is a chain of tiny kernels: on an H100 they
+    took 6-8% off the step of one Nanda or Power model and 3% off 4 Power models, nothing off
+    16, and 64 took 8% longer. Shape padding is off: inductor decides whether to pad a
+    product's operands by timing it while compiling, so one step compiled to different code
+    on different loans of one day (230 to 247 µs for Nanda's). Without it, on one H100, in
+    two processes each: Nanda's step took 228 µs against 227-230, Power's 414-424 against
+    420-433, and the 64-member sweep's 4.50 against 4.50-4.52 ms."""
+    import torch._inductor.config as inductor
+
+    options = {"shape_padding": False}
+    if members <= 16:
+        options["combo_kernels"] = True
+    return {key: value for key, value in options.items() if hasattr(inductor, key)}
 
 
 @functools.cache
