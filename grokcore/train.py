@@ -9,7 +9,11 @@ tensors and a loss kind, the model config gives a module.
 
 Batches are drawn without a random-number generator state: the sort keys of member k at
 step t are a hash of (seed_k, t, example), so a member's batches do not depend on which
-other members share its run, and a resumed run repeats an uninterrupted one exactly.
+other members share its run, and a resumed run draws the batches an uninterrupted one
+would. On the CPU, and in uncompiled GPU steps, it repeats the uninterrupted run exactly. A
+compiled GPU step does not repeat even itself: some of its kernels (the lookup's gradient
+among them) add with atomic adds, in an order that changes from run to run, and two runs of
+one config drift apart from their last bits on.
 """
 
 from __future__ import annotations

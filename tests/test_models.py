@@ -2,6 +2,7 @@
 rules, and the transformer's shortcuts (last position only, the first block's projections
 looked up per token and position) are exact."""
 
+import functools
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from grokcore import AlgorithmicTask, ConfigError, ModularMLP, SumEmbeddingMLP, ToyAddition, Transformer
-from grokcore.models.transformer import lookup_in_lanes, sinusoidal_positions
+from grokcore.models.transformer import LookupGradientByProduct, lookup_in_lanes, sinusoidal_positions
 
 
 def power_parameter_count(vocab, seq_len, d, layers, d_mlp):
@@ -98,18 +99,23 @@ def test_looked_up_projections_under_vmap_equal_each_member_alone():
             assert torch.allclose(g[k], e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
 
 
-@pytest.mark.parametrize("lanes", [2, 3])
-def test_lookup_in_lanes_equals_the_plain_lookup(lanes):
-    """The compiled GPU step's lookup, which spreads the backward's adds over lanes, against
-    indexing by hand: the same rows, and each row's gradient the sum of its examples'; also
-    through vmap over stacked members, as the trainer runs it."""
+@pytest.mark.parametrize(
+    "lookup",
+    [functools.partial(lookup_in_lanes, lanes=2), functools.partial(lookup_in_lanes, lanes=3), LookupGradientByProduct.apply],
+    ids=["2 lanes", "3 lanes", "one-hot product"],
+)
+def test_gpu_lookups_equal_the_plain_lookup(lookup):
+    """The GPU steps' lookups (compiled: the backward's adds spread over lanes; uncompiled: the
+    gradient as a product with one-hot rows) against indexing by hand: the same rows, and each
+    row's gradient the sum of its examples'; also through vmap over stacked members, as the
+    trainer runs them."""
     torch.manual_seed(0)
     table = torch.randn(2, 6, 4, requires_grad=True)  # two members' tables
     index = torch.randint(0, 6, (50, 3))
     index[:, -1] = 5  # a row that every example reads, as the "=" token's
     upstream = torch.randn(2, 50, 3, 4)
     for k in range(2):
-        out = lookup_in_lanes(table[k], index, lanes)
+        out = lookup(table[k], index)
         assert torch.equal(out, table[k][index])
         (grad,) = torch.autograd.grad(out, table, upstream[k])
         expected = torch.zeros(6, 4)
@@ -117,7 +123,7 @@ def test_lookup_in_lanes_equals_the_plain_lookup(lanes):
             for t in range(3):
                 expected[index[b, t]] += upstream[k, b, t]
         assert torch.allclose(grad[k], expected, atol=1e-5) and not grad[1 - k].any()
-    out = vmap(lambda w: lookup_in_lanes(w, index, lanes))(table)
+    out = vmap(lambda w: lookup(w, index))(table)
     assert torch.equal(out, table[:, index])
     (grad,) = torch.autograd.grad(out, table, upstream)
     (expected,) = torch.autograd.grad(table[:, index], table, upstream)
