@@ -109,6 +109,10 @@ def exclusive(path: Path):
                             f"another process is training {path} (its lock is held); wait for it or kill it"
                         ) from None
                     time.sleep(0.05)
+            # A writer killed mid-write (kill -9, a lost node) leaves its temporary file behind,
+            # as large as the state it was writing; no writer can be busy while we hold the lock.
+            for stale in (*path.glob(".*.tmp"), *path.glob("checkpoints/.*.tmp")):
+                stale.unlink(missing_ok=True)
             try:
                 yield
             finally:

@@ -187,3 +187,18 @@ def test_the_store_writes_whole_files_readable_by_the_group(tmp_path, monkeypatc
         runs.atomic_write_text(run.path / "config.json", "{}")
     assert (run.path / "config.json").read_bytes() == before
     assert [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")] == []
+
+
+def test_a_resumed_run_removes_the_temporary_files_of_a_killed_writer(tmp_path):
+    """kill -9 in the middle of an atomic write leaves the writer's temporary file (as large as
+    the state); the next process to train the run removes it, and nothing else."""
+    config = small_config(name="killed", steps=40)
+    path = gc.train(config, root=tmp_path, until=20, progress=False).path
+    stale = [path / ".state.pt.k2x9.tmp", path / "checkpoints" / ".step_0000030.pt.q81z.tmp"]
+    for file in stale:
+        file.write_bytes(b"half a state")
+    kept = sorted(path.glob("checkpoints/step_*.pt"))  # the run's own files stay
+    run = gc.train(config, root=tmp_path, progress=False)
+    assert run.done
+    assert not any(file.exists() for file in stale)
+    assert kept and all(file.exists() for file in kept)
