@@ -25,6 +25,7 @@ import io
 import itertools
 import json
 import math
+import numbers
 import os
 import platform
 import signal
@@ -231,7 +232,13 @@ def checkpoint_schedule(config: RunConfig, evals: list[int]) -> list[int]:
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device = {device!r} is not allowed: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device = {device!r} is not allowed: this machine has no GPU that torch can use (use 'auto' or 'cpu')")
+    return resolved
 
 
 def build_member(config: RunConfig, member: dict) -> nn.Module:
@@ -652,6 +659,8 @@ def train(
     graph, and ``tf32`` lets matrix products use TF32 (about 1e-3 relative error per product;
     these runs do not need exact float32). None of them is part of the config's hash.
     """
+    if until is not None and (isinstance(until, bool) or not isinstance(until, numbers.Integral) or until < 0):
+        raise ConfigError(f"until = {until!r} is not allowed: must be a whole number of steps >= 0, or None")
     path = run_path(config, root)
     if (path / "DONE").exists():
         return Run(path)

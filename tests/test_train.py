@@ -448,6 +448,24 @@ def test_a_crash_between_evaluations_loses_at_most_save_every_s(tmp_path, monkey
     assert saved["trainer"]["step"] == 50
 
 
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"until": -5}, r"^until = -5 is not allowed"),
+        ({"until": 2.5}, r"^until = 2.5 is not allowed"),
+        ({"device": "gpu"}, r"^device = 'gpu' is not allowed: use 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        pytest.param(
+            {"device": "cuda"}, r"^device = 'cuda' is not allowed: this machine has no GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
+    ],
+)
+def test_train_refuses_bad_arguments_before_any_work(tmp_path, arguments, message):
+    with pytest.raises(gc.ConfigError, match=message):
+        gc.train(small_config(), root=tmp_path, progress=False, **arguments)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("until", [17, 19])  # between evaluations, and at one
 def test_resume_equals_uninterrupted_run(tmp_path, until):
     config = small_config(batch_size=16, steps=40, eval_points=12, seeds=2)
