@@ -14,34 +14,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import signal
 import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from grokcore import book, runs, slurm
-
-
-class _ParameterLoader(yaml.SafeLoader):
-    """YAML as papermill's -y reads it, except that 1e-3 is a number, as in YAML 1.2 (1.1
-    wants a dot: 1.0e-3); quoted, "1e-3" stays a string."""
-
-
-_ParameterLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
-)
-
-
-def _value(text: str):
-    """A parameter's value from the command line: "3" is an int, "1e-3" a float, "[0.3, 0.5]" a list."""
-    return yaml.load(text, Loader=_ParameterLoader)
-
-
-def _overrides(pairs: list[list[str]] | None) -> dict:
-    return {name: _value(value) for name, value in (pairs or [])}
 
 
 def _stopped(why: str, signum: int) -> int:
@@ -134,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
 
     if args.command == "run":
+        try:
+            overrides = {name: book.parameter_values(text, f"-p {name} {text!r}") for name, text in args.parameter or []}
+        except book.BookError as e:
+            run_p.error(str(e))
         # papermill reports each cell and its output as it runs through logging, which says
         # nothing until it is set up: without this, a SLURM log stays empty for hours.
         papermill_log = logging.getLogger("papermill")
@@ -142,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
             papermill_log.addHandler(logging.StreamHandler(sys.stdout))
             papermill_log.propagate = False  # a handler on the root logger would print it twice
         t0 = time.perf_counter()
-        overrides = _overrides(args.parameter)
         try:
             failure = book.execute(root, nb, args.preset, overrides, log_output=True)
         except book.Terminated as stop:
@@ -164,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
 
+    if args.action in ("build", "all"):
+        try:  # before hours of notebooks, not after them
+            book.check_jupyter_book()
+        except book.BookError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     failures: list[book.Failure] = []
     if args.action in ("run", "all"):
         t0 = time.perf_counter()
@@ -176,15 +163,19 @@ def main(argv: list[str] | None = None) -> int:
         except book.BookError as e:
             book_p.error(str(e))
         print(f"executed the book at preset {args.preset!r} in {time.perf_counter() - t0:.0f} s")
+    built = True
     if args.action in ("build", "all"):
-        index = book.build_html(args.preset, root)
-        print(f"built {index.relative_to(root)}")
+        try:
+            index = book.build_html(args.preset, root)
+            print(f"built {index.relative_to(root)}")
+        except book.BookError as e:  # jupyter-book has said why above
+            print(f"error: {e}", file=sys.stderr)
+            built = False
     if failures:
         print(f"{len(failures)} notebook(s) failed:", file=sys.stderr)
         for f in failures:
             print(f"  {f}", file=sys.stderr)
-        return 1
-    return 0
+    return 0 if built and not failures else 1
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -87,6 +89,27 @@ def select(root: Path, only: list[str] | None = None) -> list[Path]:
     return [nb for nb, name in zip(every, names) if any(key in name for key in only)]
 
 
+class _ParameterLoader(yaml.SafeLoader):
+    """YAML as papermill's -y reads it, except that 1e-3 is a number, as in YAML 1.2 (1.1
+    wants a dot: 1.0e-3); quoted, "1e-3" stays a string."""
+
+
+_ParameterLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def parameter_values(text: str, source: str):
+    """Parameter values written in YAML, as preset files and ``-p`` give them: "3" is an int,
+    "1e-3" a float, "[0.3, 0.5]" a list. A mistake is a BookError that names ``source``."""
+    try:
+        return yaml.load(text, Loader=_ParameterLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise BookError(f"{source} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+
+
 def preset_file(root: Path, notebook: Path, preset: str) -> Path:
     rel = notebook.resolve().relative_to(root / "book").with_suffix("")
     return root / "parameters" / rel / f"{preset}.yaml"
@@ -105,7 +128,12 @@ def preset_parameters(root: Path, notebook: Path, preset: str, overrides: dict |
     path = preset_file(root, notebook, preset)
     if not path.exists():
         raise BookError(f"{notebook.relative_to(root)} has no {preset!r} preset: {path.relative_to(root)} is missing")
-    values = yaml.safe_load(path.read_text()) or {}
+    source = str(path.relative_to(root))
+    values = parameter_values(path.read_text(), source)
+    if values is None:  # an empty file: the notebook's own values
+        values = {}
+    if not isinstance(values, dict):
+        raise BookError(f"{source} must map parameter names to values (name: value), not be a {type(values).__name__}")
     values.update(overrides or {})
     declared = declared_parameters(notebook)
     unknown = sorted(set(values) - set(declared))
@@ -114,8 +142,8 @@ def preset_parameters(root: Path, notebook: Path, preset: str, overrides: dict |
             f"unknown parameter {', '.join(map(repr, unknown))} for {notebook.relative_to(root)}; "
             f"allowed: {', '.join(declared)}"
         )
-    for name, value in (overrides or {}).items():
-        # "-p steps 1e5" reads as 100000.0: an integer parameter gets the integer it means.
+    for name, value in values.items():
+        # "-p steps 1e5" or "steps: 1.0e+5" reads as 100000.0: an integer parameter gets the integer it means.
         if isinstance(value, float) and value.is_integer() and _is_int_literal(declared[name]["default"]):
             values[name] = int(value)
     return values
@@ -185,6 +213,12 @@ class Failure:
         return f"{self.notebook}, {self.cell}: {self.error}"
 
 
+def runs_store(root: Path) -> str:
+    """The run store, as an absolute path: $GROKCORE_RUNS (a relative one from this command's
+    folder, as ``python -m grokcore runs`` reads it), else runs/ beside _toc.yml."""
+    return str(Path(os.environ.get("GROKCORE_RUNS") or root / "runs").expanduser().resolve())
+
+
 def execute(root: Path, notebook: Path, preset: str, overrides: dict | None = None, log_output: bool = False) -> Failure | None:
     """Run one notebook at ``preset``; return what failed, or None. Raises Terminated (SIGTERM)
     or KeyboardInterrupt (Ctrl-C), after the kernel has saved its run, if one arrives meanwhile."""
@@ -199,9 +233,10 @@ def execute(root: Path, notebook: Path, preset: str, overrides: dict | None = No
     out = executed_path(root, notebook, preset, custom=bool(overrides))
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(f".{os.getpid()}.partial.ipynb")  # papermill writes it cell by cell
-    # The kernel inherits these: one run store for the whole book; no per-step bars in pages
-    # (with log_output, a progress line now and then on this command's stderr instead).
-    os.environ.setdefault("GROKCORE_RUNS", str(root / "runs"))
+    # The kernel inherits these: one run store for the whole book (absolute: the kernel runs in
+    # the notebook's folder); no per-step bars in pages (with log_output, a progress line now
+    # and then on this command's stderr instead).
+    os.environ["GROKCORE_RUNS"] = runs_store(root)
     os.environ.setdefault("GROKCORE_PROGRESS", "log" if log_output else "0")
     failure = None
     with forward_signals() as stopped:
@@ -262,11 +297,18 @@ def run_book(preset: str, root: Path | None = None, only: list[str] | None = Non
     return failures
 
 
+def check_jupyter_book() -> None:
+    """A BookError unless jupyter-book can build: it is an extra, which ``pip install -e .`` leaves out."""
+    if importlib.util.find_spec("jupyter_book") is None:
+        raise BookError('building the HTML book needs jupyter-book, which is not installed: pip install -e ".[book]"')
+
+
 def build_html(preset: str, root: Path | None = None) -> Path:
     """Stage the sources with the executed notebooks and build the HTML book.
 
     The ``cpu`` book goes to ``_build/html``; another preset to ``_build/html-<preset>``.
     """
+    check_jupyter_book()
     root = root or project_root()
     stage = root / "_build" / "stage" / preset
     if stage.exists():

@@ -193,8 +193,8 @@ def test_papermill_stops_at_once_on_an_impossible_value(tmp_path):
     ), "training started before the parameters were checked"
 
 
-def demo_book(root: Path, notebooks: dict[str, str], preset: str = "x: 2\n") -> None:
-    """A book in ``root`` whose notebooks (name -> code) take one parameter, x."""
+def demo_book(root: Path, notebooks: dict[str, str], preset: str = "x: 2\n", params: str = "x = 1") -> None:
+    """A book in ``root`` whose notebooks (name -> code) take the parameters ``params`` (one, x)."""
     import nbformat
 
     chapters = "".join(f"  - file: book/demo/{name}\n" for name in notebooks)
@@ -202,9 +202,9 @@ def demo_book(root: Path, notebooks: dict[str, str], preset: str = "x: 2\n") -> 
     (root / "intro.md").write_text("# demo\n")
     for name, body in notebooks.items():
         nb = nbformat.v4.new_notebook()
-        params = nbformat.v4.new_code_cell("x = 1")
-        params.metadata["tags"] = ["parameters"]
-        nb.cells = [params, nbformat.v4.new_code_cell(body)]
+        cell = nbformat.v4.new_code_cell(params)
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells = [cell, nbformat.v4.new_code_cell(body)]
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         path = root / "book" / "demo" / f"{name}.ipynb"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -246,6 +246,88 @@ def test_notebooks_share_one_run_store_beside_the_book_by_default(tmp_path, monk
     demo_book(tmp_path, {"store": "import os\nstore = os.environ['GROKCORE_RUNS']\nopen('store.txt', 'w').write(store)"})
     assert book.execute(tmp_path, tmp_path / "book/demo/store.ipynb", "ci") is None
     assert (tmp_path / "book/demo/store.txt").read_text() == str(tmp_path / "runs")
+
+
+def test_a_relative_run_store_is_taken_from_where_the_command_runs(tmp_path, monkeypatch):
+    """The kernel runs in the notebook's folder: GROKCORE_RUNS=relruns must still mean the
+    relruns/ of the folder the command was typed in, one store for every chapter, the one
+    that `python -m grokcore runs` typed there reads."""
+    from grokcore import runs
+
+    demo_book(tmp_path, {"store": "import os\nstore = os.environ['GROKCORE_RUNS']\nopen('store.txt', 'w').write(store)"})
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.setenv("GROKCORE_RUNS", "relruns")
+    assert book.execute(tmp_path, tmp_path / "book/demo/store.ipynb", "ci") is None
+    assert (tmp_path / "book/demo/store.txt").read_text() == str(here / "relruns") == str(runs.runs_root())
+
+
+def test_preset_files_read_numbers_as_the_command_line_does(tmp_path):
+    """YAML 1.1 reads 1e-3 (no dot) as a string; as on the command line, it is the number."""
+    demo_book(tmp_path, {"demo": "pass"}, preset="steps: 6.0e+3\nlr: 1e-3\nname: '2e3'\n", params="steps = 10\nlr = 0.1\nname = 'a'")
+    values = book.preset_parameters(tmp_path, tmp_path / "book/demo/demo.ipynb", "ci")
+    assert values == {"steps": 6000, "lr": 0.001, "name": "2e3"}
+    assert type(values["steps"]) is int and type(values["lr"]) is float
+
+
+def test_a_malformed_p_value_is_one_error_line(monkeypatch, capsys):
+    from grokcore.__main__ import main
+
+    monkeypatch.setattr(book, "execute", lambda *a, **k: pytest.fail("the notebook was executed"))
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", str(ROOT / "book/power2022/grokking.ipynb"), "-p", "fractions", "[0.3, 0.5"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert "error: -p fractions '[0.3, 0.5' is not valid YAML (line 1, column 10): expected ',' or ']'" in err, err
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [("x: [1, 2\n", ["is not valid YAML (line 2, column 1)"]), ("- 1\n", ["must map parameter names to values", "list"])],
+    ids=["malformed", "not-a-mapping"],
+)
+def test_book_run_reports_a_bad_preset_file_as_its_notebook_s_failure_and_goes_on(tmp_path, monkeypatch, capsys, text, words):
+    from grokcore.__main__ import main
+
+    demo_book(tmp_path, {"broken": "y = x", "fine": "y = x + 1"})
+    (tmp_path / "parameters/demo/broken/ci.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert main(["book", "run", "--preset", "ci"]) == 1
+    err = capsys.readouterr().err
+    failed = err.split("1 notebook(s) failed:\n")[1]
+    assert failed.startswith("  book/demo/broken.ipynb, parameters: parameters/demo/broken/ci.yaml ")
+    assert all(w in failed for w in words), err
+    assert "Traceback" not in err
+    assert book.executed_path(tmp_path, tmp_path / "book/demo/fine.ipynb", "ci").exists()
+
+
+def test_book_checks_for_jupyter_book_before_executing_a_notebook(monkeypatch, capsys):
+    """jupyter-book is an extra (pip install -e . leaves it out): say so before hours of notebooks."""
+    from grokcore.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "jupyter_book", None)  # not importable
+    monkeypatch.setattr(book, "run_book", lambda *a, **k: pytest.fail("a notebook was executed"))
+    monkeypatch.chdir(ROOT)
+    for action in ("all", "build"):
+        assert main(["book", action, "--preset", "ci"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "jupyter-book" in err and 'pip install -e ".[book]"' in err, err
+
+
+def test_a_failed_html_build_is_an_error_line_after_the_notebooks_failures(tmp_path, monkeypatch, capsys):
+    from grokcore.__main__ import main
+
+    demo_book(tmp_path, {"fine": "y = x + 1"})
+    (tmp_path / "_config.yml").write_text("title: [unclosed\n")  # jupyter-book cannot read it
+    failure = book.Failure("book/demo/fine.ipynb", "In [3]", "ValueError: boom")
+    monkeypatch.setattr(book, "run_book", lambda *a, **k: [failure])
+    monkeypatch.chdir(tmp_path)
+    assert main(["book", "all", "--preset", "ci"]) == 1
+    err = capsys.readouterr().err
+    assert "error: jupyter-book build failed (exit 1)" in err and f"1 notebook(s) failed:\n  {failure}" in err, err
+    assert main(["book", "build", "--preset", "ci"]) == 1
+    assert "error: jupyter-book build failed (exit 1)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("signum, stop", [(signal.SIGTERM, book.Terminated), (signal.SIGINT, KeyboardInterrupt)])
