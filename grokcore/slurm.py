@@ -58,8 +58,8 @@ def submit(
 ) -> tuple[str, str] | None:
     """Write the two batch scripts and, unless ``dry_run``, submit them; return the (array, book) job ids.
 
-    Every check comes before anything is written: a bad preset, ``--only`` key or sbatch
-    option, or no ``sbatch`` to submit with.
+    Every check comes before anything is written: a bad preset, preset file, ``--only`` key or
+    sbatch option, or no ``sbatch`` to submit with.
     """
     if preset not in book.PRESETS:
         raise SlurmError(f"preset = {preset!r} is not allowed: must be one of {', '.join(book.PRESETS)}")
@@ -78,12 +78,8 @@ def submit(
     todo = book.select(root, only)
     if not todo:
         raise SlurmError("the book lists no notebook in _toc.yml: nothing to submit")
-    for nb in todo:
-        if not book.preset_file(root, nb, preset).exists():
-            raise SlurmError(
-                f"{nb.relative_to(root)} has no {preset!r} preset: "
-                f"{book.preset_file(root, nb, preset).relative_to(root)} is missing"
-            )
+    for nb in todo:  # here, not on a GPU node after the queue's wait
+        book.preset_parameters(root, nb, preset)
     if not dry_run and shutil.which("sbatch") is None:
         raise SlurmError("sbatch is not on PATH: run this on a SLURM login node, or add --dry-run to only write the script")
 
@@ -105,17 +101,27 @@ def submit(
     array_script.write_text(array_text)
     book_script.write_text(book_text)
     shown = os.path.relpath
+    # The jobs run in the repository (--chdir) with this environment: a relative run store
+    # would be taken from there, not from here, where `python -m grokcore runs` looks.
+    store = ""
+    if os.environ.get("GROKCORE_RUNS"):
+        os.environ["GROKCORE_RUNS"] = book.runs_store(root)
+        store = f"GROKCORE_RUNS={shlex.quote(os.environ['GROKCORE_RUNS'])} "
 
     for i, nb in enumerate(todo):
         print(f"task {i}: {nb.relative_to(root)}")
     if dry_run:
         print(f"wrote {shown(array_script)} and {shown(book_script)}; submit them with")
-        print(f"  sbatch {shlex.join(extra + [shown(array_script)])}")
-        print(f"  sbatch --dependency=afterany:<array job id> {shlex.join(extra + [shown(book_script)])}")
+        print(f"  {store}sbatch {shlex.join(extra + [shown(array_script)])}")
+        print(f"  {store}sbatch --dependency=afterany:<array job id> {shlex.join(extra + [shown(book_script)])}")
         return None
     array_id = sbatch([*extra, str(array_script)])
-    book_id = sbatch([f"--dependency=afterany:{array_id}", *extra, str(book_script)])
+    # Said at once: the array runs whether or not the build job is accepted.
     print(f"submitted {len(todo)} notebook(s) at preset {preset!r}: array job {array_id} ({shown(array_script)})")
+    try:
+        book_id = sbatch([f"--dependency=afterany:{array_id}", *extra, str(book_script)])
+    except SlurmError as e:
+        raise SlurmError(f"{e}; array job {array_id} runs all the same, without the book build: `scancel {array_id}` cancels it") from None
     print(f"book build: job {book_id}, once the array has ended (afterany:{array_id})")
     print(f"logs: {shown(logs)}/grokbook-{preset}-{array_id}_<task>.out, {shown(logs)}/grokbook-{preset}-book-{book_id}.out")
     return array_id, book_id

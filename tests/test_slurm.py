@@ -17,6 +17,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from grokcore.__main__ import main
@@ -35,6 +36,8 @@ with open(log / "sbatch.jsonl", "a") as f:
     f.write(json.dumps(args) + "\\n")
 if os.environ.get("FAKE_SBATCH_ERROR"):
     sys.exit("sbatch: error: " + os.environ["FAKE_SBATCH_ERROR"])
+if os.environ.get("FAKE_SBATCH_DEPENDENCY_ERROR") and any(a.startswith("--dependency") for a in args):
+    sys.exit("sbatch: error: " + os.environ["FAKE_SBATCH_DEPENDENCY_ERROR"])
 job = str(4242 + sum(1 for _ in open(log / "sbatch.jsonl")) - 1)
 script = Path(args[-1])
 options = {{}}
@@ -71,9 +74,12 @@ def project(tmp_path, monkeypatch, request):
         "format: jb-book\nroot: intro\nchapters:\n"
         + "".join(f"  - file: {nb.removesuffix('.ipynb')}\n" for nb in NOTEBOOKS)
     )
+    notebook = nbformat.v4.new_notebook()  # one parameter, steps
+    notebook.cells = [nbformat.v4.new_code_cell("steps = 1", metadata={"tags": ["parameters"]})]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     for nb in NOTEBOOKS:
         (root / nb).parent.mkdir(parents=True, exist_ok=True)
-        (root / nb).write_text("{}")
+        nbformat.write(notebook, root / nb)
         presets = root / "parameters" / Path(nb).relative_to("book").with_suffix("")
         presets.mkdir(parents=True)
         for preset in ("ci", "cpu", "paper"):
@@ -201,6 +207,48 @@ def test_a_refused_submission_says_why_and_submits_no_build(project, capsys, mon
     assert main(["slurm"]) == 2
     assert "invalid partition specified: gpu" in capsys.readouterr().err
     assert len(submissions(project)) == 1
+
+
+def test_a_refused_build_job_still_names_the_array_job_that_runs(project, capsys, monkeypatch):
+    """The array is submitted and runs when the build's sbatch is refused: its id must not be lost."""
+    monkeypatch.setenv("FAKE_SBATCH_DEPENDENCY_ERROR", "invalid qos specification")
+    assert main(["slurm"]) == 2
+    captured = capsys.readouterr()
+    assert "array job 4242" in captured.out
+    assert "invalid qos specification" in captured.err and "scancel 4242" in captured.err
+    assert len(submissions(project)) == 2
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("stepz: 5\n", ["unknown parameter 'stepz'", "book/ch2/gamma.ipynb", "allowed: steps"]),
+        ("steps: [1, 2\n", ["parameters/ch2/gamma/paper.yaml is not valid YAML"]),
+        ("- 1\n", ["parameters/ch2/gamma/paper.yaml must map parameter names to values", "list"]),
+    ],
+    ids=["unknown-name", "malformed", "not-a-mapping"],
+)
+def test_a_bad_preset_file_stops_before_any_work(project, capsys, text, words):
+    """Found here, not on a GPU node after the queue's wait."""
+    (project / "parameters" / "ch2" / "gamma" / "paper.yaml").write_text(text)
+    assert main(["slurm", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and all(w in err for w in words), err
+    assert submissions(project) == [] and not (project / "_build").exists()
+
+
+def test_a_relative_run_store_is_the_one_beside_the_submitting_shell(project, tmp_path, monkeypatch, capsys):
+    """The jobs run in the repository: GROKCORE_RUNS=relruns, typed in book/, must still mean
+    book/relruns there, where `python -m grokcore runs` typed in book/ looks."""
+    (tmp_path / "python").write_text('#!/bin/bash\necho "$GROKCORE_RUNS" >> "$FAKE_SLURM_LOG/store.log"\n')
+    monkeypatch.chdir(project / "book")
+    monkeypatch.setenv("GROKCORE_RUNS", "relruns")
+    assert main(["slurm", "--preset", "ci", "--only", "gamma"]) == 0
+    store = project / "book" / "relruns"
+    assert (tmp_path / "log" / "store.log").read_text().splitlines() == [str(store)] * 2  # the task and the build
+    monkeypatch.setenv("GROKCORE_RUNS", "relruns")
+    assert main(["slurm", "--preset", "ci", "--dry-run"]) == 0
+    assert f"GROKCORE_RUNS={store} sbatch " in capsys.readouterr().out  # for the user to submit from anywhere
 
 
 def start_task(project, tmp_path, restarts: int) -> subprocess.Popen:
