@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field
@@ -108,8 +109,8 @@ def _type_name(tp) -> str:
 def _coerce(value, tp):
     """Return ``value`` as type ``tp`` if it is acceptable, else raise TypeError.
 
-    Lenient only where no information is lost: an int where a float is expected, and a
-    list where a tuple is expected (YAML and papermill give lists).
+    Lenient only where no information is lost: an int (NumPy's too) where an int or a float
+    is expected, and a list where a tuple is expected (YAML and papermill give lists).
     """
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -143,12 +144,12 @@ def _coerce(value, tp):
         if isinstance(value, bool):
             return value
         raise TypeError
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    if tp is int:  # NumPy's integers too (bool is an int, but not what an int field means)
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
         raise TypeError
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (numbers.Integral, float)) and not isinstance(value, bool):
             return float(value)
         raise TypeError
     if tp is str:
@@ -366,9 +367,8 @@ class RunConfig(Spec):
             raise ConfigError(f"model = {self.model!r} is not allowed: must be a model of grokcore.models, e.g. Transformer()")
         for key, values in self.sweep.items():
             if key not in SWEEPABLE:
-                raise ConfigError(
-                    f"sweep key {key!r} is not allowed: must be one of {', '.join(SWEEPABLE)}"
-                )
+                allowed = ", ".join(k for k in SWEEPABLE if k != "seed")  # seeds come from seed= and seeds=
+                raise ConfigError(f"sweep key {key!r} is not allowed: must be one of {allowed}")
             if not isinstance(values, (list, tuple)) or not values:
                 raise ConfigError(f"sweep[{key!r}] = {values!r} is not allowed: must be a non-empty list")
             if key == "seed":

@@ -1,0 +1,41 @@
+"""Config validation: what a config accepts, and what its errors say."""
+
+import numpy as np
+import pytest
+
+import grokcore as gc
+
+
+def config(**changes) -> gc.RunConfig:
+    task = gc.AlgorithmicTask(op="x+y", p=11)
+    model = gc.Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=32)
+    return gc.RunConfig(name="cfg", task=task, model=model, **changes)
+
+
+def test_the_sweep_key_error_lists_only_keys_a_sweep_takes():
+    with pytest.raises(gc.ConfigError) as refused:
+        config(sweep={"batch_size": [1]})
+    allowed = str(refused.value).split("must be one of ")[1].split(", ")
+    assert allowed == ["train_fraction", "lr", "weight_decay", "eps", "init_scale"]
+    for key in allowed:  # each one a sweep takes
+        config(sweep={key: [0.5]})
+    with pytest.raises(gc.ConfigError, match="sweep key 'seed' is not allowed"):
+        config(sweep={"seed": [1, 2]})
+
+
+def test_numpy_integers_are_integers():
+    """An int from NumPy (a range, an array's element) is as good as Python's, and is kept as
+    Python's int: the config is written to config.json and hashed."""
+    a = config(seed=np.int64(3), seeds=np.int32(2), steps=np.uint16(50), batch_size=np.int64(8))
+    b = config(seed=3, seeds=2, steps=50, batch_size=8)
+    assert (a.seed, a.seeds, a.steps, a.batch_size) == (3, 2, 50, 8)
+    assert all(type(v) is int for v in (a.seed, a.seeds, a.steps, a.batch_size))
+    assert a.hash() == b.hash()
+    assert gc.AlgorithmicTask(p=np.int64(13)).p == 13
+    assert gc.AdamW(warmup_steps=np.int64(5), lr=np.int64(1)).lr == 1.0  # a float field takes an integer
+    # Still refused: bools (NumPy's or Python's), and a value that is not allowed.
+    for value in (True, np.bool_(True), 2.0):
+        with pytest.raises(gc.ConfigError, match="^seeds = .* has the wrong type: expected an integer"):
+            config(seeds=value)
+    with pytest.raises(gc.ConfigError, match=r"^seeds = 0 is not allowed"):
+        config(seeds=np.int64(0))
