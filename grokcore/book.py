@@ -143,18 +143,32 @@ def preset_parameters(root: Path, notebook: Path, preset: str, overrides: dict |
             f"allowed: {', '.join(declared)}"
         )
     for name, value in values.items():
+        default = _literal(declared[name]["default"])
         # "-p steps 1e5" or "steps: 1.0e+5" reads as 100000.0: an integer parameter gets the integer it means.
-        if isinstance(value, float) and value.is_integer() and _is_int_literal(declared[name]["default"]):
+        if isinstance(value, float) and value.is_integer() and _kind(default) == "number" and isinstance(default, int):
             values[name] = int(value)
+        # A list where a number is meant (or the reverse) would fail inside the notebook, as a
+        # Python error in some later cell; the config checks the finer types (int or float) itself.
+        if default is not None and value is not None and _kind(value) != _kind(default):
+            raise BookError(
+                f"{name} = {value!r} is not allowed for {notebook.relative_to(root)}: must be a {_kind(default)}, "
+                f"as its default {declared[name]['default']} is"
+            )
     return values
 
 
-def _is_int_literal(text: str) -> bool:
+def _literal(text: str):
+    """A parameter's default as a Python value; None where it is not a literal."""
     try:
-        value = ast.literal_eval(text)
+        return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        return False
-    return isinstance(value, int) and not isinstance(value, bool)
+        return None
+
+
+def _kind(value) -> str:
+    """What a parameter's value is, as far as the book checks it (bool before int: a bool is one)."""
+    kinds = (("boolean", bool), ("number", (int, float)), ("list", (list, tuple)), ("mapping", dict), ("string", str))
+    return next((kind for kind, types in kinds if isinstance(value, types)), type(value).__name__)
 
 
 def executed_path(root: Path, notebook: Path, preset: str, custom: bool = False) -> Path:

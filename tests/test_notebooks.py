@@ -271,6 +271,26 @@ def test_preset_files_read_numbers_as_the_command_line_does(tmp_path):
     assert type(values["steps"]) is int and type(values["lr"]) is float
 
 
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"fractions": 0.5}, r"fractions = 0.5 is not allowed .*: must be a list, as its default \[0.4, 0.7\] is"),
+        ({"steps": [100]}, r"steps = \[100\] is not allowed .*: must be a number"),
+        ({"ops": "x+y"}, r"ops = 'x\+y' is not allowed .*: must be a list"),
+        ({"fractions": [0.5], "steps": 2.5}, None),  # the kinds agree; the config judges the rest
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_refused_before_execution(values, message):
+    """A list where the notebook means a number, or the reverse, would fail in some later cell
+    as a Python error; it is refused before the kernel starts, naming the parameter."""
+    nb = ROOT / "book/power2022/data_fraction.ipynb"  # fractions = [0.4, 0.7], steps = 100, ops = [...]
+    if message is None:
+        assert book.preset_parameters(ROOT, nb, "ci", values)["fractions"] == [0.5]
+    else:
+        with pytest.raises(book.BookError, match=message):
+            book.preset_parameters(ROOT, nb, "ci", values)
+
+
 def test_a_malformed_p_value_is_one_error_line(monkeypatch, capsys):
     from grokcore.__main__ import main
 
