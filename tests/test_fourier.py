@@ -70,12 +70,13 @@ def test_neuron_frequency_of_a_pure_wave():
 
 def explained_by_least_squares(values, p, k):
     """The share of a function of (a, b)'s variance that a least-squares fit on
-    {1, cos, sin}(w_k a) x {1, cos, sin}(w_k b) explains (numpy's lstsq, math.cos, math.sin)."""
+    {1, cos, sin}(w_k a) x {1, cos, sin}(w_k b) explains (numpy's lstsq, math.cos, math.sin).
+    ``values`` over all pairs, a-major: one function, or one per column."""
     trig = [lambda x: 1.0, lambda x: math.cos(2 * math.pi * k * x / p), lambda x: math.sin(2 * math.pi * k * x / p)]
     design = np.array([[f(a) * g(b) for f in trig for g in trig] for a in range(p) for b in range(p)])
     y = np.array(values)
     residual = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
-    return 1 - (residual**2).sum() / ((y - y.mean()) ** 2).sum()
+    return 1 - (residual**2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
 
 
 def test_neuron_frequencies_explain_variance_not_the_mean():
@@ -178,6 +179,29 @@ def neuron_logit_map_by_perturbation(model, p, d_mlp):
     return [list(row) for row in zip(*columns)]  # (p, d_mlp)
 
 
+def mlp_neurons_by_hand(model, p):
+    """The MLP neurons after the ReLU at the readout position (the "="), for every pair
+    (a, b), a-major, worked out from the weights in float64 for one block without LayerNorm
+    (Nanda et al.'s): embedding plus position, each head's causal attention from "=" with its
+    softmax written out, the residual, then relu(W_in x + b)."""
+    w = {name: t.detach().double() for name, t in model.named_parameters()}
+    n_heads = model.blocks[0].attn.n_heads
+    rows = []
+    for a in range(p):
+        for b in range(p):
+            x = w["embed.weight"][[a, b, p]] + w["pos.weight"][:3]  # (3, d_model)
+            q, k, v = (x @ w["blocks.0.attn.qkv.weight"].T).chunk(3, dim=1)
+            d_head = q.shape[1] // n_heads
+            mixed = []
+            for h in range(n_heads):
+                s = slice(h * d_head, (h + 1) * d_head)
+                pattern = torch.softmax(k[:, s] @ q[2, s] / math.sqrt(d_head), 0)  # "=" sees all three
+                mixed.append(pattern @ v[:, s])
+            resid = x[2] + w["blocks.0.attn.out.weight"] @ torch.cat(mixed)
+            rows.append(torch.relu(w["blocks.0.mlp.inp.weight"] @ resid + w["blocks.0.mlp.inp.bias"]))
+    return torch.stack(rows)
+
+
 def gini_by_mean_difference(xs):
     return sum(abs(a - b) for a in xs for b in xs) / (2 * len(xs) * sum(xs))
 
@@ -186,7 +210,8 @@ def test_progress_measures_equal_the_network_measured_by_hand(tmp_path):
     """Every measure at the last checkpoint of a short run, recomputed from the network alone:
     logits of each pair (a, b) fed one by one, the training pairs read off the task's own
     examples, Fourier norms written out with math.cos / math.sin, the neuron-logit map by
-    nudging each neuron, Gini coefficients by the mean-difference formula."""
+    nudging each neuron, Gini coefficients by the mean-difference formula, the MLP neurons
+    from the weights and their frequencies by least squares."""
     p, d_mlp = 11, 32
     config = gc.RunConfig(
         name="fourier-by-hand",
@@ -222,6 +247,38 @@ def test_progress_measures_equal_the_network_measured_by_hand(tmp_path):
     assert fourier.progress_measures(run, threshold=0.5)[1] == fourier.key_frequencies(model, p, 0.5)
     assert fourier.key_frequencies(model, p, 0.5) != fourier.key_frequencies(run.model(0), p, 0.5)
 
+    # The neurons are Nanda et al.'s (hook_post): after the ReLU, at the readout position.
+    by_hand = mlp_neurons_by_hand(model, p)
+    assert (by_hand == 0).any() and (by_hand > 0).any()  # the ReLU cuts: before it would differ
+    acts = fourier.neuron_activations(model, fourier.all_pairs(p))
+    assert torch.allclose(acts.double(), by_hand, atol=1e-5)
+    # Each neuron's frequency and share by least squares on those activations, and the key
+    # frequencies from them (dead neurons, with no variance, explain nothing).
+    with np.errstate(invalid="ignore"):
+        shares = np.stack([explained_by_least_squares(by_hand.numpy(), p, k) for k in range(1, (p + 1) // 2)])
+    shares = np.nan_to_num(shares)  # (frequency, neuron)
+    freq, frac = fourier.neuron_frequencies(acts, p)
+    assert frac.tolist() == pytest.approx(shares.max(0).tolist(), abs=1e-4)
+    second, best = np.sort(shares, 0)[-2:]
+    clear = best - second > 1e-3  # not a neuron that fires on one pair: it ties every frequency
+    assert freq[clear].tolist() == (shares.argmax(0)[clear] + 1).tolist()
+    keys = sorted({int(k) + 1 for k, share in zip(shares.argmax(0), shares.max(0)) if share >= 0.5})
+    assert keys and fourier.key_frequencies(model, p, 0.5) == keys
+
+
+@pytest.mark.parametrize("op_token", [False, True])
+def test_all_pairs_are_the_task_inputs(op_token):
+    """The measures feed the network every pair as the task does: ``a b =`` (Nanda) or
+    ``a op b =`` (Power), a-major; a Power-format network's logits are those of its inputs."""
+    p = 7
+    task = gc.AlgorithmicTask(op="x+y", p=p, op_token=op_token)
+    inputs, _ = task.examples()
+    assert torch.equal(fourier.all_pairs(p, op_token), inputs)
+    torch.manual_seed(0)
+    model = gc.Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=32).build(task.model_dims())
+    with torch.no_grad():
+        assert torch.equal(fourier.pair_logits(model, p, op_token), model(inputs)[:, :p])
+
 
 def test_phases_are_located_from_the_measures():
     """Nanda et al.'s phase boundaries on measures written by hand: memorisation ends at the
@@ -244,6 +301,13 @@ def test_phases_are_located_from_the_measures():
     # 800), not to a peak before it (1.0: 0.92, at 900).
     overshoot = measures.assign(gini_embedding=[0.1] * 6 + [0.2, 0.4, 0.85, 1.0, 0.9])
     assert fourier.phases(history, overshoot)["cleanup_end"] == 800
+    # A Gini still rising at the last checkpoint first reaches the level that checkpoint sets
+    # there (0.2 -> 1.0 in equal steps: 0.92 only at 1000): clean-up is not seen to end. One
+    # checkpoint more, on the plateau, and it is (at 1000).
+    rising = measures.assign(gini_embedding=[0.1] * 6 + [0.2, 0.4, 0.6, 0.8, 1.0])
+    assert math.isnan(fourier.phases(history, rising)["cleanup_end"])
+    plateau = pd.concat([rising, pd.DataFrame({"step": [1100], "excluded_loss": [7.0], "gini_embedding": [1.0]})])
+    assert fourier.phases(history, plateau)["cleanup_end"] == 1000
     # A run that never generalises has no circuit-formation or clean-up boundary.
     stuck = fourier.phases(history.assign(val_loss=4.0), measures)
     assert stuck["memorisation_end"] == 300 and math.isnan(stuck["circuit_formation_end"]) and math.isnan(stuck["cleanup_end"])

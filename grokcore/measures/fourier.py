@@ -260,10 +260,13 @@ def phases(history: pd.DataFrame, measures: pd.DataFrame, drop: float = 0.5, fra
     * circuit formation ends, and clean-up begins, at the first evaluation after that where the
       validation loss has fallen below ``drop`` times its value at the end of memorisation;
     * clean-up ends once the embedding's Gini coefficient has made ``fraction`` of its rise
-      from the start of clean-up to its final value.
+      from the start of clean-up to its value at the last checkpoint. That value stands for
+      the plateau clean-up ends on, so the end must be seen before the last checkpoint: where
+      the Gini first gets there only at the last one, nothing shows that it had stopped
+      rising, and clean-up is not seen to end within the run.
 
-    Steps that cannot be located (a run that did not grok) are NaN. ``history`` and
-    ``measures`` are one member's.
+    Steps that cannot be located (a run that did not grok, or clean-up not seen to end within
+    the run) are NaN. ``history`` and ``measures`` are one member's.
     """
     one_member(history)
     h = history.sort_values("step")
@@ -277,5 +280,7 @@ def phases(history: pd.DataFrame, measures: pd.DataFrame, drop: float = 0.5, fra
         g0 = np.interp(cleanup, m["step"], m["gini_embedding"])
         g1 = m["gini_embedding"].iloc[-1]
         later = m[(m["step"] >= cleanup) & (m["gini_embedding"] >= g0 + fraction * (g1 - g0))]
-        done = float(later["step"].iloc[0]) if len(later) else float("nan")
+        # The last checkpoint always meets the level it sets: an end there is no end seen.
+        if len(later) and later["step"].iloc[0] < m["step"].iloc[-1]:
+            done = float(later["step"].iloc[0])
     return {"memorisation_end": memorised, "circuit_formation_end": cleanup, "cleanup_end": done}
