@@ -60,13 +60,14 @@ def full_forward(model, tokens):
 @pytest.mark.parametrize("norm", ["post", "pre", "none"])
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
 @pytest.mark.parametrize("p, d_model, table", [(13, 16, False), (31, 64, True)])
-def test_readout_equals_full_forward_at_last_position(norm, positions, p, d_model, table):
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_readout_equals_full_forward_at_last_position(n_layers, norm, positions, p, d_model, table):
     """The model's shortcuts (the last position only; the first block's projections looked up
     per (token, position) for the larger model) give the outputs and gradients of the network
-    run on every position."""
+    run on every position. With one layer (Nanda et al.'s), one block takes both."""
     torch.manual_seed(0)
     task = AlgorithmicTask(op="x+y", p=p)
-    cfg = Transformer(n_layers=2, d_model=d_model, n_heads=2, d_mlp=32, norm=norm, positions=positions)
+    cfg = Transformer(n_layers=n_layers, d_model=d_model, n_heads=2, d_mlp=32, norm=norm, positions=positions)
     model = cfg.build(task.model_dims())
     tokens, _ = task.examples()
     assert (model.first_qkv(tokens, model.position_code(tokens.shape[1])) is not None) == table

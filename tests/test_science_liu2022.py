@@ -17,9 +17,9 @@ def test_liu_toy_model_shows_all_four_phases(tmp_path):
     """Liu et al. 2022, Fig. 6c: on the toy addition model, the decoder's learning rate and
     weight decay decide the phase. A slow decoder without weight decay comprehends, and too
     much weight decay confuses it; a fast decoder memorises. At a middle learning rate, more
-    weight decay turns comprehension into grokking: validation then trails training by more
-    than twice the lag. Generalising members have a perfectly structured (linear) embedding;
-    a memorising one does not."""
+    weight decay turns comprehension into grokking: validation then trails training by the
+    lag or more, over twice as long as with less weight decay. Generalising members have a
+    perfectly structured (linear) embedding; a memorising one does not."""
     config = gc.RunConfig(
         name="science-liu-phases",
         task=gc.ToyAddition(p=10, train_fraction=0.82),
@@ -41,8 +41,10 @@ def test_liu_toy_model_shows_all_four_phases(tmp_path):
     assert phase[(6e-3, 1.78)] == "memorization", phases
     assert phase[(1.3e-3, 1.78)] == "comprehension", phases
     assert phase[(1.3e-3, 3.56)] == "grokking", phases
+    # Measured 738 against 194 steps on this evaluation grid, 670 against 155 evaluated every
+    # 5 steps: unlike a fixed 600 (twice the lag), not decided by where the evaluations fall.
     delay = phases["val_step"] - phases["train_step"]
-    assert delay[(1.3e-3, 3.56)] > 2 * lag, phases
+    assert delay[(1.3e-3, 3.56)] > 2 * delay[(1.3e-3, 1.78)], phases
 
     quality = {key: rqi(run.model(member=int(m)).embed.weight) for key, m in phases["member"].items()}
     for generalising in [(4.64e-4, 0.0), (1.3e-3, 1.78), (1.3e-3, 3.56)]:
@@ -82,6 +84,9 @@ def test_liu_transformer_needs_weight_decay_to_generalise(tmp_path):
     for key in [(2e-2, 0.0), (3e-4, 0.0), (3e-4, 1.0)]:
         assert best_val[phases.loc[key, "member"]] < 0.8, best_val
     # With weight decay, validation gets there inside the budget with room to spare, and well
-    # after training does.
+    # after training does; when training gets there, validation is still near chance
+    # (measured 0.097; the memorising members, at lr 3e-4, are at 0.46-0.47 by then).
     grok = phases.loc[(2e-2, 1.0)]
     assert grok["val_step"] < 0.7 * steps and grok["val_step"] > 2 * grok["train_step"], phases
+    h = run.history[run.history["member"] == grok["member"]].set_index("step")
+    assert h.loc[grok["train_step"], "val_acc"] < 0.3, h.loc[: grok["train_step"], ["train_acc", "val_acc"]]

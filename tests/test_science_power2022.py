@@ -13,8 +13,9 @@ pytestmark = pytest.mark.science
 
 
 @pytest.fixture(scope="module")
-def power_delays(tmp_path_factory):
-    """x+y mod 31 with half and with 90% of the pairs for training, as one run of two members."""
+def power_run(tmp_path_factory):
+    """x+y mod 31 with half and with 90% of the pairs for training, as one run of two members:
+    the history and each member's steps to 99% accuracy."""
     config = gc.RunConfig(
         name="science-power",
         task=gc.AlgorithmicTask(op="x+y", p=31, train_fraction=0.5),
@@ -29,18 +30,25 @@ def power_delays(tmp_path_factory):
         checkpoints=0,
     )
     history = gc.train(config, root=tmp_path_factory.mktemp("runs"), progress=False).history
-    return gc.measures.grokking_delays(history).set_index("train_fraction")
+    return history, gc.measures.grokking_delays(history).set_index("train_fraction")
 
 
-def test_power_grokking_validation_follows_training_3x_later(power_delays):
-    """Power et al. 2022, Fig. 1: training accuracy reaches 99% first, validation much later."""
-    half = power_delays.loc[0.5]
+def test_power_grokking_validation_near_chance_when_training_fits_then_much_later(power_run):
+    """Power et al. 2022, Fig. 1: training accuracy reaches 99% while validation accuracy is
+    still near chance (1/31), and validation gets there many times later. A slow rise of
+    validation alongside training is not grokking: with 70% of the pairs validation is
+    already at 43% when training fits, and gets to 99% 3.8 times later (90%: 89%, 2.4x)."""
+    history, delays = power_run
+    half = delays.loc[0.5]
     assert half.train_step < half.val_step, half
-    assert half.val_step >= 3 * half.train_step, half
+    h = history.query("train_fraction == 0.5").set_index("step")
+    # Measured 0.067 when training fits and 11.6 times later (PyTorch 2.x, CPU).
+    assert h.loc[half.train_step, "val_acc"] < 0.2, h.loc[: half.train_step, ["train_acc", "val_acc"]]
+    assert half.val_step >= 6 * half.train_step, half
 
 
-def test_power_less_training_data_generalises_later(power_delays):
+def test_power_less_training_data_generalises_later(power_run):
     """Power et al. 2022, Fig. 1 (center): with less data, 99% validation accuracy takes longer."""
-    steps = power_delays.val_step
-    assert steps.notna().all(), power_delays
-    assert steps[0.5] >= 2.5 * steps[0.9], power_delays
+    steps = power_run[1].val_step
+    assert steps.notna().all(), power_run[1]
+    assert steps[0.5] >= 2.5 * steps[0.9], power_run[1]
