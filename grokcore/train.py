@@ -10,7 +10,8 @@ tensors and a loss kind, the model config gives a module.
 Batches are drawn without a random-number generator state: the sort keys of member k at
 step t are a hash of (seed_k, t, example), so a member's batches do not depend on which
 other members share its run, and a resumed run draws the batches an uninterrupted one
-would. On the CPU, and in uncompiled GPU steps, it repeats the uninterrupted run exactly. A
+would. On the CPU it repeats the uninterrupted run exactly, and so did uncompiled GPU steps
+wherever we checked (Nanda et al.'s and Power et al.'s settings, a small sweep). A
 compiled GPU step does not repeat even itself: some of its kernels (the lookup's gradient
 among them) add with atomic adds, in an order that changes from run to run, and two runs of
 one config drift apart from their last bits on.
@@ -237,7 +238,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except (RuntimeError, TypeError):
         raise ConfigError(f"device = {device!r} is not allowed: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device = {device!r} is not allowed: this machine has no GPU that torch can use (use 'auto' or 'cpu')")
+        raise ConfigError(f"device = {device!r} is not allowed: torch finds no GPU here (use 'auto' or 'cpu')")
     return resolved
 
 
@@ -323,7 +324,7 @@ class Trainer:
         self.share = weight / weight.sum(1, keepdim=True)
         self.step_count = torch.zeros((), dtype=torch.long, device=device)
         # The parts of sample_batch's keys that no step changes, worked out once: each a few
-        # kernels of the uncompiled step, 20 of Power et al.'s 736 µs on an H100.
+        # kernels of the uncompiled step, 20 of Power et al.'s 735 µs on an H100.
         self.seed_keys = _hash32(self.seeds * 0x9E3779B1 + 0x632BE5AB)
         self.example_keys = torch.arange(self.data.train_idx.shape[1], device=device)[None, :] * 0x85EBCA6B
         self.padding = self.data.train_weight == 0
@@ -402,8 +403,8 @@ class Trainer:
             return functools.partial(compiled_method(getattr(type(self), name), options), self)
 
         self._outputs_fn, self._update_fn = compiled("_outputs_and_gradient"), compiled("_update")
-        # The batch's keys are a dozen integer operations, one kernel compiled: Power et al.'s
-        # compiled step took 351 µs instead of 393 on an H100. A full batch draws nothing.
+        # The batch's keys are 25 element-wise integer kernels, fused when compiled: Power et
+        # al.'s compiled step took 351 µs instead of 393 on an H100. A full batch draws nothing.
         self._sample_fn = compiled("sample_batch", self.batch is not None)
         self.metrics_compiled = on and compile_metrics_pays_off(evaluations, len(self.members), graphed=self.graph_evaluations)
         self._metrics_fn = compiled("_metrics", self.metrics_compiled)

@@ -116,11 +116,11 @@ ONE_HOT_ROWS = 256
 
 class LookupGradientByProduct(torch.autograd.Function):
     """``table[index]`` whose backward is a product with the index's one-hot rows,
-    ``onehot(index)^T @ grad``: two kernels that add in a fixed order, like every other
-    weight's gradient (in TF32 where that is on). Eager on a GPU, the embedding's own
-    backward sorts the index first, in dozens of small kernels, and in Nanda et al.'s setting
-    its sums differed from run to run. The one-hot matrix has a row per looked-up token and
-    a column per table row."""
+    ``onehot(index)^T @ grad``: a handful of kernels that add in a fixed order, like every
+    other weight's gradient (in TF32 where that is on). Eager on a GPU, the embedding's own
+    backward sorts the index first, in dozens of small kernels, and in Nanda et al.'s
+    setting its sums differed from run to run. The one-hot matrix has a row per looked-up
+    token and a column per table row."""
 
     generate_vmap_rule = True  # the members of an ensemble through vmap
 
