@@ -11,8 +11,9 @@ Batches are drawn without a random-number generator state: the sort keys of memb
 step t are a hash of (seed_k, t, example), so a member's batches do not depend on which
 other members share its run, and a resumed run draws the batches an uninterrupted one
 would. On the CPU it repeats the uninterrupted run exactly, and so did uncompiled GPU steps
-wherever we checked (Nanda et al.'s and Power et al.'s settings, a small sweep). A
-compiled GPU step does not repeat even itself: some of its kernels (the lookup's gradient
+wherever we checked (Nanda et al.'s and Power et al.'s settings, a small sweep), though the
+embedding's own backward, which GPU lookups in tables of over 256 rows and the MLPs' first
+layers use, did not add in a fixed order in Nanda et al.'s setting. A compiled GPU step does not repeat even itself: some of its kernels (the lookup's gradient
 among them) add with atomic adds, in an order that changes from run to run, and two runs of
 one config drift apart from their last bits on.
 """
@@ -233,12 +234,16 @@ def checkpoint_schedule(config: RunConfig, evals: list[int]) -> list[int]:
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    allowed = "use 'auto', 'cpu', 'cuda' or 'cuda:N'"
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"device = {device!r} is not allowed: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device = {device!r} is not allowed: torch finds no GPU here (use 'auto' or 'cpu')")
+        raise ConfigError(f"device = {device!r} is not allowed: {allowed}") from None
+    if resolved.type != "cuda" and str(resolved) != "cpu":  # meta, mps, cpu:3: the trainer knows CPUs and CUDA GPUs
+        raise ConfigError(f"device = {device!r} is not allowed: {allowed}")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        found = torch.cuda.device_count()
+        raise ConfigError(f"device = {device!r} is not allowed: torch finds {found or 'no'} GPU(s) here (use 'auto' or 'cpu')")
     return resolved
 
 
@@ -492,12 +497,12 @@ class Trainer:
         return torch.tensor([k for k, s in enumerate(self.stopped_at) if s is None], dtype=torch.long)
 
     def _compile_failed(self, error: Exception) -> None:
-        """Fall back after a failed compile: first to compiling without inductor's options
-        (combo kernels are its least tried part), then to running uncompiled."""
+        """Fall back after a failed compile: first to compiling without combo kernels
+        (inductor's least tried part; shape padding stays off), then to running uncompiled."""
         failure = f"torch.compile failed ({type(error).__name__}: {error})"
-        if self.compile_options:
-            warnings.warn(f"{failure}; compiling again without {', '.join(self.compile_options)}", stacklevel=3)
-            self.compile_options = {}
+        if "combo_kernels" in self.compile_options:
+            warnings.warn(f"{failure}; compiling again without combo_kernels", stacklevel=3)
+            self.compile_options = {k: v for k, v in self.compile_options.items() if k != "combo_kernels"}
             self._set_compiled(True)
         else:
             warnings.warn(f"{failure}; training without it", stacklevel=3)
@@ -662,10 +667,10 @@ def train(
     """
     if until is not None and (isinstance(until, bool) or not isinstance(until, numbers.Integral) or until < 0):
         raise ConfigError(f"until = {until!r} is not allowed: must be a whole number of steps >= 0, or None")
+    dev = resolve_device(device)
     path = run_path(config, root)
     if (path / "DONE").exists():
         return Run(path)
-    dev = resolve_device(device)
     previous_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:

@@ -217,6 +217,31 @@ def no_compile_wrappers():
     compiled_method.cache_clear()
 
 
+def test_a_retried_compile_keeps_its_other_options(monkeypatch, no_compile_wrappers):
+    """Only combo kernels are dropped: shape padding stays off (as on a GPU), so the retried
+    step compiles to the code it would have compiled to."""
+    trainer = Trainer(small_config(), torch.device("cpu"))
+    asked = []
+
+    def failing_with_combo_kernels(f, dynamic, options):
+        asked.append(dict(options))
+        if "combo_kernels" not in options:
+            return f
+
+        def failing(*args):
+            raise RuntimeError("combo kernels crashed")
+
+        return failing
+
+    monkeypatch.setattr(torch, "compile", failing_with_combo_kernels)
+    trainer.compile_options = {"combo_kernels": True, "shape_padding": False}
+    trainer._set_compiled(True)
+    with pytest.warns(UserWarning, match="compiling again without combo_kernels"):
+        trainer.train_step()
+    assert trainer.use_compile and trainer.compile_options == {"shape_padding": False}
+    assert {"shape_padding": False} in asked
+
+
 def test_compile_that_fails_with_inductor_options_is_retried_without_them(monkeypatch, no_compile_wrappers):
     """Combo kernels are inductor's least tried option: where compiling with them fails, the
     step compiles again without them (with a warning) before it gives up compiling."""
@@ -454,8 +479,9 @@ def test_a_crash_between_evaluations_loses_at_most_save_every_s(tmp_path, monkey
         ({"until": -5}, r"^until = -5 is not allowed"),
         ({"until": 2.5}, r"^until = 2.5 is not allowed"),
         ({"device": "gpu"}, r"^device = 'gpu' is not allowed: use 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        ({"device": "meta"}, r"^device = 'meta' is not allowed: use 'auto', 'cpu', 'cuda' or 'cuda:N'"),
         pytest.param(
-            {"device": "cuda"}, r"^device = 'cuda' is not allowed: torch finds no GPU here",
+            {"device": "cuda"}, r"^device = 'cuda' is not allowed: torch finds no GPU\(s\) here",
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
         ),
     ],
