@@ -129,6 +129,24 @@ def test_gpu_lookups_equal_the_plain_lookup(lookup):
     (grad,) = torch.autograd.grad(out, table, upstream)
     (expected,) = torch.autograd.grad(table[:, index], table, upstream)
     assert torch.allclose(grad, expected, atol=1e-5)
+    # Each member its own batch, as the trainer's mini-batch step has it.
+    own = torch.stack([index, index.flip(0)])
+    out = vmap(lookup)(table, own)
+    assert torch.equal(out, torch.stack([table[k][own[k]] for k in range(2)]))
+    (grad,) = torch.autograd.grad(out, table, upstream)
+    for k in range(2):
+        (expected,) = torch.autograd.grad(table[k][own[k]], table, upstream[k])
+        assert torch.allclose(grad[k], expected[k], atol=1e-5)
+
+
+def test_the_one_hot_lookup_has_a_forward_derivative():
+    """Forward-mode differentiation (torch.func.jvp) through the GPU step's lookup: the
+    tangent of table[index] is tangent[index]."""
+    torch.manual_seed(0)
+    table, tangent = torch.randn(6, 4), torch.randn(6, 4)
+    index = torch.randint(0, 6, (5, 3))
+    out, derivative = torch.func.jvp(lambda t: LookupGradientByProduct.apply(t, index), (table,), (tangent,))
+    assert torch.equal(out, table[index]) and torch.equal(derivative, tangent[index])
 
 
 def test_causal_mask_earlier_positions_ignore_later_tokens():

@@ -82,8 +82,11 @@ INDEX_SELECT_DEVICES = ("cpu",)
 def rows_of(table: Tensor, index: Tensor) -> Tensor:
     """``table[index]`` for a 1-d index. On the CPU through ``index_select``, whose backward
     (``index_add_``) is 2.5 times as fast as the embedding's there; elsewhere through the
-    embedding, whose backward adds in a fixed order, where ``index_add_``'s atomic adds on a
-    GPU would make uncompiled runs differ in their last bits from run to run."""
+    embedding, not ``index_add_``, whose atomic adds on a GPU land in an order that changes
+    from run to run. (The embedding's own backward is not always in a fixed order either: it
+    was not for the transformer's 11,490 lookups of Nanda et al.'s full batch. Case (d) of
+    benchmarks/speed.py, this model's paper sweep, ended with equal weights through two
+    different paths.)"""
     if table.device.type in INDEX_SELECT_DEVICES:
         return torch.index_select(table, 0, index)
     return F.embedding(index, table)

@@ -132,7 +132,13 @@ class LookupGradientByProduct(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         table, index = inputs
         ctx.save_for_backward(index)
+        ctx.save_for_forward(index)
         ctx.rows = table.shape[0]
+
+    @staticmethod
+    def jvp(ctx, table_tangent: Tensor, _index_tangent) -> Tensor:
+        (index,) = ctx.saved_tensors
+        return nn.functional.embedding(index, table_tangent)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
