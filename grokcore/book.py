@@ -134,6 +134,8 @@ def preset_parameters(root: Path, notebook: Path, preset: str, overrides: dict |
         values = {}
     if not isinstance(values, dict):
         raise BookError(f"{source} must map parameter names to values (name: value), not be a {type(values).__name__}")
+    if not all(isinstance(name, str) for name in values):
+        raise BookError(f"{source} must map parameter names to values: {sorted(map(repr, values))} are not all names")
     values.update(overrides or {})
     declared = declared_parameters(notebook)
     unknown = sorted(set(values) - set(declared))

@@ -110,7 +110,8 @@ def _coerce(value, tp):
     """Return ``value`` as type ``tp`` if it is acceptable, else raise TypeError.
 
     Lenient only where no information is lost: an int (NumPy's too) where an int or a float
-    is expected, and a list where a tuple is expected (YAML and papermill give lists).
+    is expected, a NumPy float where a float is, and a list where a tuple is expected (YAML
+    and papermill give lists).
     """
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -149,7 +150,7 @@ def _coerce(value, tp):
             return int(value)
         raise TypeError
     if tp is float:
-        if isinstance(value, (numbers.Integral, float)) and not isinstance(value, bool):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):  # NumPy's floats too
             return float(value)
         raise TypeError
     if tp is str:

@@ -112,7 +112,8 @@ def exclusive(path: Path):
             # A writer killed mid-write (kill -9, a lost node) leaves its temporary file behind,
             # as large as the state it was writing; no writer can be busy while we hold the lock.
             for stale in (*path.glob(".*.tmp"), *path.glob("checkpoints/.*.tmp")):
-                stale.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # another user's, in a shared store: left alone
+                    stale.unlink()
             try:
                 yield
             finally:

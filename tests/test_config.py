@@ -23,9 +23,9 @@ def test_the_sweep_key_error_lists_only_keys_a_sweep_takes():
         config(sweep={"seed": [1, 2]})
 
 
-def test_numpy_integers_are_integers():
-    """An int from NumPy (a range, an array's element) is as good as Python's, and is kept as
-    Python's int: the config is written to config.json and hashed."""
+def test_numpy_numbers_are_numbers():
+    """An int or float from NumPy (a range, an array's element) is as good as Python's, and is
+    kept as Python's: the config is written to config.json and hashed."""
     a = config(seed=np.int64(3), seeds=np.int32(2), steps=np.uint16(50), batch_size=np.int64(8))
     b = config(seed=3, seeds=2, steps=50, batch_size=8)
     assert (a.seed, a.seeds, a.steps, a.batch_size) == (3, 2, 50, 8)
@@ -33,6 +33,8 @@ def test_numpy_integers_are_integers():
     assert a.hash() == b.hash()
     assert gc.AlgorithmicTask(p=np.int64(13)).p == 13
     assert gc.AdamW(warmup_steps=np.int64(5), lr=np.int64(1)).lr == 1.0  # a float field takes an integer
+    optim = gc.AdamW(lr=np.float32(0.5), weight_decay=np.float64(0.25))  # and NumPy's floats
+    assert (optim.lr, optim.weight_decay) == (0.5, 0.25) and type(optim.lr) is float
     # Still refused: bools (NumPy's or Python's), and a value that is not allowed.
     for value in (True, np.bool_(True), 2.0):
         with pytest.raises(gc.ConfigError, match="^seeds = .* has the wrong type: expected an integer"):

@@ -304,8 +304,12 @@ def test_a_malformed_p_value_is_one_error_line(monkeypatch, capsys):
 
 @pytest.mark.parametrize(
     "text, words",
-    [("x: [1, 2\n", ["is not valid YAML (line 2, column 1)"]), ("- 1\n", ["must map parameter names to values", "list"])],
-    ids=["malformed", "not-a-mapping"],
+    [
+        ("x: [1, 2\n", ["is not valid YAML (line 2, column 1)"]),
+        ("- 1\n", ["must map parameter names to values", "list"]),
+        ("1: 2\nx: 3\n", ["must map parameter names to values", "are not all names"]),
+    ],
+    ids=["malformed", "not-a-mapping", "a-number-for-a-name"],
 )
 def test_book_run_reports_a_bad_preset_file_as_its_notebook_s_failure_and_goes_on(tmp_path, monkeypatch, capsys, text, words):
     from grokcore.__main__ import main
