@@ -60,23 +60,34 @@ def _runs_table(frame, markdown: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grokcore", description=__doc__.split("\n")[0])
+    examples = [line.strip() for line in __doc__.split("Examples::")[1].strip().splitlines()]
+    parser = argparse.ArgumentParser(
+        prog="python -m grokcore",
+        description="Execute grokbook's notebooks (one, or the whole book, here or through SLURM),\n"
+        "build the HTML book, and summarise the run store.",
+        epilog="examples:\n" + "\n".join(f"  {line}" for line in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    presets = "the notebooks' parameter sets: ci (seconds), cpu (minutes on a laptop), paper (the papers' settings; GPU)"
     sub = parser.add_subparsers(dest="command", required=True)
 
     book_p = sub.add_parser("book", help="execute and build the whole book")
     book_p.add_argument("action", choices=["run", "build", "all"])
-    book_p.add_argument("--preset", default="cpu", choices=book.PRESETS)
+    book_p.add_argument("--preset", default="cpu", choices=book.PRESETS, help=f"{presets}; default: cpu")
     book_p.add_argument(
         "--only", nargs="+", metavar="KEY", help="run, all: execute only notebooks whose path contains one of these"
     )
 
     run_p = sub.add_parser("run", help="execute one notebook at a preset")
     run_p.add_argument("notebook", type=Path)
-    run_p.add_argument("--preset", default="cpu", choices=book.PRESETS)
-    run_p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), help="override a parameter")
+    run_p.add_argument("--preset", default="cpu", choices=book.PRESETS, help=f"{presets}; default: cpu")
+    run_p.add_argument(
+        "-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+        help="override a parameter of the preset (repeatable); VALUE is YAML: 3, 1e-3, x/y, '[0.3, 0.5]'",
+    )
 
     slurm_p = sub.add_parser("slurm", help="submit the book to SLURM: one array task per notebook, then the HTML build")
-    slurm_p.add_argument("--preset", default="paper", choices=book.PRESETS)
+    slurm_p.add_argument("--preset", default="paper", choices=book.PRESETS, help=f"{presets}; default: paper")
     slurm_p.add_argument("--only", nargs="+", metavar="KEY", help="submit only notebooks whose path contains one of these")
     slurm_p.add_argument("--dry-run", action="store_true", help="write the batch scripts and print the sbatch commands; submit nothing")
     slurm_p.add_argument("--sbatch-arg", action="append", default=[], metavar="OPTION", help="an sbatch option for both jobs, e.g. --sbatch-arg=--partition=gpu (repeatable)")

@@ -412,3 +412,20 @@ def test_sigterm_or_ctrl_c_to_the_cli_saves_the_kernels_run(tmp_path, signum):
     executed = book.executed_path(tmp_path, tmp_path / "book/demo/train.ipynb", "ci")
     assert book.failed_path(executed).exists() and not executed.exists()
     assert "step 0 of" not in book.failed_path(executed).read_text()
+
+
+def test_help_shows_working_examples_and_what_the_presets_are(capsys):
+    """`python -m grokcore --help` ends with examples; the notebooks they name exist, and each
+    command's --preset says what ci, cpu and paper are."""
+    from grokcore.__main__ import main
+
+    with pytest.raises(SystemExit) as shown:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert shown.value.code == 0 and "examples:" in out
+    named = [word for word in out.split() if word.endswith(".ipynb")]
+    assert named and all((ROOT / word).exists() for word in named), named
+    for command in (["book"], ["run"], ["slurm"]):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        assert "ci (seconds), cpu (minutes on a laptop), paper" in " ".join(capsys.readouterr().out.split())
