@@ -391,7 +391,9 @@ class RunConfig(Spec):
 
     # -- members ------------------------------------------------------------------------
     def members(self) -> list[dict]:
-        """The resolved hyper-parameters of every member, in member order."""
+        """The resolved hyper-parameters of every member, in member order: the sweep's grid
+        with its keys in alphabetical order (whatever order they were given in), the last
+        key's values changing fastest, and within each grid point the seeds in turn."""
         keys = list(self.sweep)
         out = []
         for combo in itertools.product(*(self.sweep[k] for k in keys)):

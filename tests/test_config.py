@@ -41,3 +41,11 @@ def test_numpy_numbers_are_numbers():
             config(seeds=value)
     with pytest.raises(gc.ConfigError, match=r"^seeds = 0 is not allowed"):
         config(seeds=np.int64(0))
+
+
+def test_members_are_ordered_by_the_sweep_keys_alphabetically_then_seed():
+    """The order that run.history's member column and run.model(member=k) follow."""
+    members = config(sweep={"weight_decay": [0.1, 1.0], "lr": [0.001, 0.01]}, seeds=2, seed=5).members()
+    order = [(m["lr"], m["weight_decay"], m["seed"]) for m in members]
+    expected = [(lr, wd, seed) for lr in (0.001, 0.01) for wd in (0.1, 1.0) for seed in (5, 6)]
+    assert order == expected
