@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="examples:\n" + "\n".join(f"  {line}" for line in examples),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    presets = "the notebooks' parameter sets: ci (seconds), cpu (minutes on a laptop), paper (the papers' settings; GPU)"
+    presets = "the notebooks' parameter sets: ci (seconds), cpu (minutes on a laptop), paper (the papers'; GPU)"
     sub = parser.add_subparsers(dest="command", required=True)
 
     book_p = sub.add_parser("book", help="execute and build the whole book")
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "run":
         try:
-            overrides = {name: book.parameter_values(text, f"-p {name} {text!r}") for name, text in args.parameter or []}
+            pairs = args.parameter or []
+            overrides = {name: book.parameter_values(text, f"-p {name} {text!r}") for name, text in pairs}
         except book.BookError as e:
             run_p.error(str(e))
         # papermill reports each cell and its output as it runs through logging, which says

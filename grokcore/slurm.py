@@ -121,7 +121,8 @@ def submit(
     try:
         book_id = sbatch([f"--dependency=afterany:{array_id}", *extra, str(book_script)])
     except SlurmError as e:
-        raise SlurmError(f"{e}; array job {array_id} runs all the same, without the book build: `scancel {array_id}` cancels it") from None
+        cancel = f"`scancel {array_id}` cancels it"
+        raise SlurmError(f"{e}; array job {array_id} runs all the same, without the book build: {cancel}") from None
     print(f"book build: job {book_id}, once the array has ended (afterany:{array_id})")
     print(f"logs: {shown(logs)}/grokbook-{preset}-{array_id}_<task>.out, {shown(logs)}/grokbook-{preset}-book-{book_id}.out")
     return array_id, book_id

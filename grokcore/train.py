@@ -13,9 +13,10 @@ other members share its run, and a resumed run draws the batches an uninterrupte
 would. On the CPU it repeats the uninterrupted run exactly, and so did uncompiled GPU steps
 wherever we checked (Nanda et al.'s and Power et al.'s settings, a small sweep), though the
 embedding's own backward, which GPU lookups in tables of over 256 rows and the MLPs' first
-layers use, did not add in a fixed order in Nanda et al.'s setting. A compiled GPU step does not repeat even itself: some of its kernels (the lookup's gradient
-among them) add with atomic adds, in an order that changes from run to run, and two runs of
-one config drift apart from their last bits on.
+layers use, did not add in a fixed order in Nanda et al.'s setting. A compiled GPU step does
+not repeat even itself: some of its kernels (the lookup's gradient among them) add with
+atomic adds, in an order that changes from run to run, and two runs of one config drift
+apart from their last bits on.
 """
 
 from __future__ import annotations
@@ -239,11 +240,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
         raise ConfigError(f"device = {device!r} is not allowed: {allowed}") from None
-    if resolved.type != "cuda" and str(resolved) != "cpu":  # meta, mps, cpu:3: the trainer knows CPUs and CUDA GPUs
+    if resolved.type != "cuda" and str(resolved) != "cpu":  # meta, mps, cpu:3: the trainer knows neither
         raise ConfigError(f"device = {device!r} is not allowed: {allowed}")
     if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
-        found = torch.cuda.device_count()
-        raise ConfigError(f"device = {device!r} is not allowed: torch finds {found or 'no'} GPU(s) here (use 'auto' or 'cpu')")
+        found = torch.cuda.device_count() or "no"
+        raise ConfigError(f"device = {device!r} is not allowed: torch finds {found} GPU(s) here (use 'auto' or 'cpu')")
     return resolved
 
 
