@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="examples:\n" + "\n".join(f"  {line}" for line in examples),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    presets = "the notebooks' parameter sets: ci (seconds), cpu (minutes on a laptop), paper (the papers'; GPU)"
+    presets = "parameter sets: ci (seconds), cpu (minutes on a laptop), paper (the papers' settings, for a GPU)"
     sub = parser.add_subparsers(dest="command", required=True)
 
     book_p = sub.add_parser("book", help="execute and build the whole book")

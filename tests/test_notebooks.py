@@ -428,4 +428,4 @@ def test_help_shows_working_examples_and_what_the_presets_are(capsys):
     for command in (["book"], ["run"], ["slurm"]):
         with pytest.raises(SystemExit):
             main([*command, "--help"])
-        assert "ci (seconds), cpu (minutes on a laptop), paper (the papers'; GPU)" in " ".join(capsys.readouterr().out.split())
+        assert "ci (seconds), cpu (minutes on a laptop), paper (the papers' settings, for a GPU)" in " ".join(capsys.readouterr().out.split())
