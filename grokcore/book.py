@@ -26,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from grokcore import runs
+
 PRESETS = ("ci", "cpu", "paper")
 
 
@@ -147,7 +149,7 @@ def preset_parameters(root: Path, notebook: Path, preset: str, overrides: dict |
     for name, value in values.items():
         default = _literal(declared[name]["default"])
         # "-p steps 1e5" or "steps: 1.0e+5" reads as 100000.0: an integer parameter gets the integer it means.
-        if isinstance(value, float) and value.is_integer() and _kind(default) == "number" and isinstance(default, int):
+        if isinstance(value, float) and value.is_integer() and type(default) is int:
             values[name] = int(value)
         # A list where a number is meant (or the reverse) would fail inside the notebook, as a
         # Python error in some later cell; the config checks the finer types (int or float) itself.
@@ -229,12 +231,6 @@ class Failure:
         return f"{self.notebook}, {self.cell}: {self.error}"
 
 
-def runs_store(root: Path) -> str:
-    """The run store, as an absolute path: $GROKCORE_RUNS (a relative one from this command's
-    folder, as ``python -m grokcore runs`` reads it), else runs/ beside _toc.yml."""
-    return str(Path(os.environ.get("GROKCORE_RUNS") or root / "runs").expanduser().resolve())
-
-
 def execute(root: Path, notebook: Path, preset: str, overrides: dict | None = None, log_output: bool = False) -> Failure | None:
     """Run one notebook at ``preset``; return what failed, or None. Raises Terminated (SIGTERM)
     or KeyboardInterrupt (Ctrl-C), after the kernel has saved its run, if one arrives meanwhile."""
@@ -252,7 +248,7 @@ def execute(root: Path, notebook: Path, preset: str, overrides: dict | None = No
     # The kernel inherits these: one run store for the whole book (absolute: the kernel runs in
     # the notebook's folder); no per-step bars in pages (with log_output, a progress line now
     # and then on this command's stderr instead).
-    os.environ["GROKCORE_RUNS"] = runs_store(root)
+    os.environ["GROKCORE_RUNS"] = str(runs.runs_root(root))
     os.environ.setdefault("GROKCORE_PROGRESS", "log" if log_output else "0")
     failure = None
     with forward_signals() as stopped:

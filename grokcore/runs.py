@@ -36,11 +36,13 @@ from grokcore.config import RunConfig, Spec
 from grokcore.measures.curves import first_step
 
 
-def runs_root() -> Path:
+def runs_root(start: Path | None = None) -> Path:
+    """The run store: $GROKCORE_RUNS (a relative one from the current folder), else runs/
+    beside the _toc.yml of ``start`` (default: the current folder) or of a folder above it."""
     env = os.environ.get("GROKCORE_RUNS")
     if env:
         return Path(env).expanduser().resolve()
-    here = Path.cwd().resolve()
+    here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "_toc.yml").exists():
             return folder / "runs"

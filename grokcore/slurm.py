@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from grokcore import book
+from grokcore import book, runs
 
 
 class SlurmError(book.BookError):
@@ -105,7 +105,7 @@ def submit(
     # would be taken from there, not from here, where `python -m grokcore runs` looks.
     store = ""
     if os.environ.get("GROKCORE_RUNS"):
-        os.environ["GROKCORE_RUNS"] = book.runs_store(root)
+        os.environ["GROKCORE_RUNS"] = str(runs.runs_root(root))
         store = f"GROKCORE_RUNS={shlex.quote(os.environ['GROKCORE_RUNS'])} "
 
     for i, nb in enumerate(todo):

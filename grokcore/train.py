@@ -755,8 +755,9 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: str, save
                     if trainer.stopped_at[k] is None:
                         rows.append([k, step, *values[k], elapsed])
                 if config.stop_at is not None:
+                    val_acc = METRICS.index("val_acc")
                     for k in range(K):
-                        if trainer.stopped_at[k] is None and values[k][METRICS.index("val_acc")] >= config.stop_at:
+                        if trainer.stopped_at[k] is None and values[k][val_acc] >= config.stop_at:
                             trainer.stopped_at[k] = step
                             trainer.active[k] = 0.0
                 if step in checkpoints:
