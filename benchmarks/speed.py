@@ -166,9 +166,8 @@ def float64_cross_entropy(logits, targets):
 
 def plain_setup(config: gc.RunConfig, device, paper_module: bool = False):
     member = config.members()[0]
-    model = build_member(config, member).to(device)
-    if paper_module:
-        model = ProgressMeasuresTransformer(model)
+    model = build_member(config, member)
+    model = (ProgressMeasuresTransformer(model) if paper_module else model).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=member["lr"], betas=config.optim.betas, weight_decay=member["weight_decay"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, t / config.optim.warmup_steps))
     inputs, targets = config.task.examples()
