@@ -26,8 +26,8 @@ Cases, each measured on one GPU (one run of (a) in a second process, to time a f
 
 The plain loops use grokcore's transformer, so that comparison is of the loops alone: the
 plain loop gets grokcore's model for free. Case (a) also runs the plain loop on Nanda et al.'s
-network as the progress-measures code writes it (:class:`ProgressMeasuresTransformer`, from
-the same initial weights), the module that the reference trainer trains.
+network with the progress-measures code's operations (:class:`ProgressMeasuresTransformer`,
+from the same initial weights), the network that the reference trainer trains.
 """
 
 from __future__ import annotations
@@ -115,12 +115,13 @@ class VmapTrainer(Trainer):
 
 
 class ProgressMeasuresTransformer(nn.Module):
-    """Nanda et al.'s one-layer network written the way the progress-measures code writes it
-    (facts from its transformers.py): weights per head multiplied out with einsum at all three
-    positions, the MLP and the unembedding at every position too, the causal mask subtracted
-    as -1e10, an identity module at each of the 13 places where that code hooks activations,
-    and the logits of every position (the loss reads the last). Built from a grokcore
-    transformer, so both compute the same function from the same weights."""
+    """Nanda et al.'s one-layer network with the progress-measures code's operations (facts
+    from its transformers.py; one flat module, where that code nests six modules): weights
+    per head multiplied out with einsum at all three positions, the MLP and the unembedding
+    at every position too, the causal mask subtracted as -1e10, an identity module at each
+    of the 13 places where that code hooks activations, and the logits of every position
+    (the loss reads the last). Built from a grokcore transformer, so both compute the same
+    function from the same weights."""
 
     HOOKS = ("resid_pre", "k", "q", "v", "attn_pre", "attn", "z", "attn_out", "resid_mid")
     HOOKS += ("pre", "post", "mlp_out", "resid_post")
