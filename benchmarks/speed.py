@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -53,6 +54,15 @@ from grokcore.train import Trainer, build_member  # noqa: E402
 
 #: The implementation column of the plain loop on the paper code's network.
 PAPER = "plain, paper's module"
+
+
+def host_cpu() -> str:
+    """The host's CPU model, from /proc/cpuinfo where there is one. A plain loop launches every
+    kernel from Python, so its speed is the host's: the table names the host beside the GPU."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or "unknown"
 
 
 def sync():
@@ -387,6 +397,7 @@ def main() -> None:
     table["value"] = table["value"].map(lambda v: float(f"{v:.4g}"))
     table["device"] = gpu
     table["torch"] = torch.__version__
+    table["host cpu"] = host_cpu()
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.out / "speed.csv", index=False)
