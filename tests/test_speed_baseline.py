@@ -1,4 +1,5 @@
-"""The benchmark's plain loop on the paper code's network trains the network grokcore trains."""
+"""The benchmark's baselines: the plain loop on the paper code's network trains the network grokcore trains; and
+the host its table names."""
 
 import math
 import sys
