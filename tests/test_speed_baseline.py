@@ -39,11 +39,12 @@ def test_float64_cross_entropy_by_hand():
     assert abs(loss.item() - by_hand / 2) < 1e-12
 
 
-def test_host_cpu_names_the_first_model_line(tmp_path, monkeypatch):
-    cpuinfo = "processor\t: 0\nmodel name\t: Example CPU @ 2.00GHz\n\nprocessor\t: 1\nmodel name\t: Other\n"
-    (tmp_path / "cpuinfo").write_text(cpuinfo)
-    real_path = speed.Path
-    monkeypatch.setattr(speed, "Path", lambda p: tmp_path / "cpuinfo" if p == "/proc/cpuinfo" else real_path(p))
-    assert speed.host_cpu() == "Example CPU @ 2.00GHz"
-    (tmp_path / "cpuinfo").write_text("processor\t: 0\n")  # no model line (some ARM hosts)
-    assert speed.host_cpu() == (speed.platform.processor() or "unknown")
+
+def test_host_cpu_names_the_first_model_line(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU @ 2.00GHz\n\nprocessor\t: 1\nmodel name\t: Other\n")
+    assert speed.host_cpu(cpuinfo) == "Example CPU @ 2.00GHz"
+    fallback = speed.platform.processor() or "unknown"  # no model line (some ARM hosts), or no file
+    cpuinfo.write_text("processor\t: 0\n")
+    assert speed.host_cpu(cpuinfo) == fallback
+    assert speed.host_cpu(tmp_path / "missing") == fallback
