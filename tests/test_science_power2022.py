@@ -54,7 +54,6 @@ def test_power_less_training_data_generalises_later(power_run):
     assert steps[0.5] >= 2.5 * steps[0.9], power_run[1]
 
 
-
 def test_power_fixed_sinusoidal_positions_generalise_later_than_learned(tmp_path):
     """The Power chapter's own finding (not the paper's): x/y generalises later with openai/grok's
     fixed sinusoidal position code than with learned positions; at paper scale, without weight
