@@ -39,7 +39,6 @@ def test_float64_cross_entropy_by_hand():
     assert abs(loss.item() - by_hand / 2) < 1e-12
 
 
-
 def test_host_cpu_names_the_first_model_line(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU @ 2.00GHz\n\nprocessor\t: 1\nmodel name\t: Other\n")
