@@ -152,11 +152,25 @@ def preset_parameters(root: Path, notebook: Path, preset: str, overrides: dict |
         if isinstance(value, float) and value.is_integer() and type(default) is int:
             values[name] = int(value)
         # A list where a number is meant (or the reverse) would fail inside the notebook, as a
-        # Python error in some later cell; the config checks the finer types (int or float) itself.
+        # Python error in some later cell.
         if default is not None and value is not None and _kind(value) != _kind(default):
             raise BookError(
                 f"{name} = {value!r} is not allowed for {notebook.relative_to(root)}: must be a {_kind(default)}, "
                 f"as its default {declared[name]['default']} is"
+            )
+        # 2.5 where the notebook wants a count (range, linspace, a width) fails there as a TypeError
+        # ("type(default) is int": a bool is an int too, but has its own kind, checked above).
+        if type(default) is int and isinstance(value, float) and not value.is_integer():
+            raise BookError(
+                f"{name} = {value!r} is not allowed for {notebook.relative_to(root)}: must be a whole number, "
+                f"as its default {declared[name]['default']} is"
+            )
+        # An empty list where the notebook loops over items fails at the first one (an IndexError,
+        # nothing to concatenate).
+        if _kind(default) == "list" and default and _kind(value) == "list" and not value:
+            raise BookError(
+                f"{name} = {value!r} is not allowed for {notebook.relative_to(root)}: must be a list of at least "
+                f"one item, as its default {declared[name]['default']} is"
             )
     return values
 
@@ -231,17 +245,27 @@ class Failure:
         return f"{self.notebook}, {self.cell}: {self.error}"
 
 
-def execute(root: Path, notebook: Path, preset: str, overrides: dict | None = None, log_output: bool = False) -> Failure | None:
+def execute(
+    root: Path,
+    notebook: Path,
+    preset: str,
+    overrides: dict | None = None,
+    log_output: bool = False,
+    params: dict | None = None,
+) -> Failure | None:
     """Run one notebook at ``preset``; return what failed, or None. Raises Terminated (SIGTERM)
-    or KeyboardInterrupt (Ctrl-C), after the kernel has saved its run, if one arrives meanwhile."""
+    or KeyboardInterrupt (Ctrl-C), after the kernel has saved its run, if one arrives meanwhile.
+
+    ``params``: the notebook's values from ``preset_parameters``, where the caller has them already."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     rel = str(notebook.resolve().relative_to(root))
-    try:
-        params = preset_parameters(root, notebook, preset, overrides)
-    except BookError as e:
-        return Failure(rel, "parameters", str(e))
+    if params is None:
+        try:
+            params = preset_parameters(root, notebook, preset, overrides)
+        except BookError as e:
+            return Failure(rel, "parameters", str(e))
     out = executed_path(root, notebook, preset, custom=bool(overrides))
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(f".{os.getpid()}.partial.ipynb")  # papermill writes it cell by cell
@@ -289,18 +313,36 @@ def execute(root: Path, notebook: Path, preset: str, overrides: dict | None = No
     return failure
 
 
+def book_parameters(root: Path, todo: list[Path], preset: str) -> dict[Path, dict]:
+    """Each notebook's values at ``preset`` (``preset_parameters``); a BookError naming every
+    notebook whose preset is wrong."""
+    params, wrong = {}, []
+    for nb in todo:
+        try:
+            params[nb] = preset_parameters(root, nb, preset)
+        except BookError as e:
+            wrong.append(str(Failure(str(nb.relative_to(root)), "parameters", str(e))))
+    if wrong:
+        raise BookError("\n".join(wrong))
+    return params
+
+
 def run_book(preset: str, root: Path | None = None, only: list[str] | None = None) -> list[Failure]:
-    """Execute every notebook of the book at ``preset``; failures are collected, not raised."""
+    """Execute every notebook of the book at ``preset``; failures are collected, not raised.
+
+    Every notebook's preset is checked first, a wrong one a BookError: a typo in the last
+    notebook's preset is found at once, not after hours of the others."""
     from tqdm import tqdm
 
     root = root or project_root()
     todo = select(root, only)
+    params = book_parameters(root, todo, preset)
     failures: list[Failure] = []
     bar = tqdm(todo, desc=f"executing ({preset})", unit="notebook", file=sys.stdout)
     for nb in bar:
         bar.set_postfix_str(str(nb.relative_to(root)))
         t0 = time.perf_counter()
-        failure = execute(root, nb, preset)
+        failure = execute(root, nb, preset, params=params[nb])
         status = "FAILED" if failure else "ok"
         bar.write(f"{status:6s} {nb.relative_to(root)} ({time.perf_counter() - t0:.0f} s)")
         if failure:

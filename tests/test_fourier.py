@@ -314,12 +314,19 @@ def test_phases_are_located_from_the_measures():
 
 
 def test_measures_refuse_what_they_do_not_measure():
-    """Nanda et al.'s measures are for x + y over an odd prime, one member at a time."""
+    """Nanda et al.'s measures are for a transformer on x + y over an odd prime, one member at a time."""
     from types import SimpleNamespace
 
     subtraction = SimpleNamespace(config=SimpleNamespace(task=gc.AlgorithmicTask(op="x-y", p=11)))
     with pytest.raises(ValueError, match=r"^task.op = 'x-y' is not allowed"):
         fourier.progress_measures(subtraction)
+    addition = gc.AlgorithmicTask(op="x+y", p=11, op_token=False)
+    mlp = SimpleNamespace(config=SimpleNamespace(task=addition, model=gc.ModularMLP(width=8)), members=[{}])
+    with pytest.raises(ValueError, match=r"^model = ModularMLP is not allowed"):
+        fourier.progress_measures(mlp)
+    one = SimpleNamespace(config=SimpleNamespace(task=addition, model=gc.Transformer()), members=[{}])
+    with pytest.raises(ValueError, match=r"^member = 3 is not allowed: this run has members 0 to 0"):
+        fourier.progress_measures(one, member=3)
     with pytest.raises(ValueError, match=r"^p = 2 is not allowed"):
         fourier.fourier_basis(2)
     two = pd.DataFrame({"member": [0, 1], "step": [0, 0], "val_loss": [1.0, 1.0]})

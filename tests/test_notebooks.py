@@ -89,7 +89,8 @@ def test_an_integral_float_is_an_integer_where_the_notebook_declares_one():
     values = book.preset_parameters(ROOT, nb, "ci", {"steps": 1e5, "weight_decay": 2.0, "lr": 1e-3})
     assert values["steps"] == 100000 and type(values["steps"]) is int
     assert type(values["weight_decay"]) is float and values["lr"] == 0.001
-    assert book.preset_parameters(ROOT, nb, "ci", {"steps": 2.5})["steps"] == 2.5  # left for the config to refuse
+    with pytest.raises(book.BookError, match=r"steps = 2.5 is not allowed .*: must be a whole number"):
+        book.preset_parameters(ROOT, nb, "ci", {"steps": 2.5})  # range(2.5) would fail in the notebook
 
 
 def test_cli_finds_the_notebooks_repository_from_anywhere(tmp_path, monkeypatch):
@@ -176,17 +177,26 @@ def test_book_build_refuses_only_which_it_would_ignore(monkeypatch, capsys):
     assert stopped.value.code == 2 and "book build builds every page" in capsys.readouterr().err
 
 
-def test_papermill_stops_at_once_on_an_impossible_value(tmp_path):
-    nb = ROOT / "book/power2022/grokking.ipynb"
+@pytest.mark.parametrize(
+    "notebook, value, message",
+    [
+        ("book/power2022/grokking.ipynb", "train_fraction: 1.5", "train_fraction = 1.5 is not allowed"),
+        # One number: np.geomspace would take it as the stop and sweep 50 learning rates up to n_lr.
+        ("book/liu2022/phase_diagram.ipynb", "lr_range: [0.01]", "lr_range = [0.01] is not allowed"),
+        ("book/liu2022/transformer_phase_diagram.ipynb", "lr_range: [1, 2, 3]", "lr_range = [1, 2, 3] is not allowed"),
+    ],
+)
+def test_papermill_stops_at_once_on_an_impossible_value(tmp_path, notebook, value, message):
+    nb = ROOT / notebook
     done = subprocess.run(
-        [sys.executable, "-m", "papermill", str(nb), str(tmp_path / "out.ipynb"), "-p", "train_fraction", "1.5"],
+        [sys.executable, "-m", "papermill", str(nb), str(tmp_path / "out.ipynb"), "-y", value],
         capture_output=True,
         text=True,
         cwd=nb.parent,
         timeout=300,
     )
     assert done.returncode != 0
-    assert "train_fraction = 1.5 is not allowed" in done.stderr + done.stdout
+    assert message in done.stderr + done.stdout
     executed = json.loads((tmp_path / "out.ipynb").read_text())
     assert not any(
         "gc.train(" in "".join(c["source"]) and c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code"
@@ -277,12 +287,16 @@ def test_preset_files_read_numbers_as_the_command_line_does(tmp_path):
         ({"fractions": 0.5}, r"fractions = 0.5 is not allowed .*: must be a list, as its default \[0.4, 0.7\] is"),
         ({"steps": [100]}, r"steps = \[100\] is not allowed .*: must be a number"),
         ({"ops": "x+y"}, r"ops = 'x\+y' is not allowed .*: must be a list"),
-        ({"fractions": [0.5], "steps": 2.5}, None),  # the kinds agree; the config judges the rest
+        ({"steps": 2.5}, r"steps = 2.5 is not allowed .*: must be a whole number, as its default 100 is"),
+        ({"fractions": []}, r"fractions = \[\] is not allowed .*: must be a list of at least one item, as its default"),
+        ({"ops": []}, r"ops = \[\] is not allowed .*: must be a list of at least one item"),
+        ({"fractions": [0.5], "steps": 200.0}, None),  # the kinds agree; the config judges the rest
     ],
 )
 def test_a_value_of_the_wrong_kind_is_refused_before_execution(values, message):
-    """A list where the notebook means a number, or the reverse, would fail in some later cell
-    as a Python error; it is refused before the kernel starts, naming the parameter."""
+    """A list where the notebook means a number, or the reverse, a fraction where it counts, or
+    no items where it loops over them, would fail in some later cell as a Python error; it is
+    refused before the kernel starts, naming the parameter."""
     nb = ROOT / "book/power2022/data_fraction.ipynb"  # fractions = [0.4, 0.7], steps = 100, ops = [...]
     if message is None:
         assert book.preset_parameters(ROOT, nb, "ci", values)["fractions"] == [0.5]
@@ -302,28 +316,91 @@ def test_a_malformed_p_value_is_one_error_line(monkeypatch, capsys):
     assert "error: -p fractions '[0.3, 0.5' is not valid YAML (line 1, column 10): expected ',' or ']'" in err, err
 
 
+def test_preset_files_and_p_values_are_checked_alike(tmp_path):
+    """A whole number where the notebook counts, items where it loops over a list, true or false
+    where it switches: from a preset file as from -p."""
+    params = "n = 3\nitems = [1, 2]\nflag = True"
+    demo_book(tmp_path, {"demo": "pass"}, preset="n: 4.0\nitems: [3]\nflag: false\n", params=params)
+    nb = tmp_path / "book/demo/demo.ipynb"
+    values = book.preset_parameters(tmp_path, nb, "ci")
+    assert values == {"n": 4, "items": [3], "flag": False} and type(values["n"]) is int
+    assert book.preset_parameters(tmp_path, nb, "ci", {"flag": True})["flag"] is True
+    for text, message in [
+        ("n: 2.5\n", r"n = 2.5 is not allowed for book/demo/demo.ipynb: must be a whole number, as its default 3 is"),
+        ("items: []\n", r"items = \[\] .*: must be a list of at least one item, as its default \[1, 2\]"),
+        ("n: true\n", r"n = True is not allowed .*: must be a number"),  # a bool is an int, but not a count
+        ("flag: 1\n", r"flag = 1 is not allowed .*: must be a boolean"),
+    ]:
+        (tmp_path / "parameters/demo/demo/ci.yaml").write_text(text)
+        with pytest.raises(book.BookError, match=message):
+            book.preset_parameters(tmp_path, nb, "ci")
+
+
+def _no_kernel(monkeypatch):
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("a notebook was executed"))
+
+
 @pytest.mark.parametrize(
     "text, words",
     [
         ("x: [1, 2\n", ["is not valid YAML (line 2, column 1)"]),
         ("- 1\n", ["must map parameter names to values", "list"]),
         ("1: 2\nx: 3\n", ["must map parameter names to values", "are not all names"]),
+        ("x: 2\nxx: 3\n", ["unknown parameter 'xx' for book/demo/broken.ipynb; allowed: x"]),
     ],
-    ids=["malformed", "not-a-mapping", "a-number-for-a-name"],
+    ids=["malformed", "not-a-mapping", "a-number-for-a-name", "unknown-name"],
 )
-def test_book_run_reports_a_bad_preset_file_as_its_notebook_s_failure_and_goes_on(tmp_path, monkeypatch, capsys, text, words):
+def test_book_run_refuses_a_bad_preset_file_before_executing_any_notebook(tmp_path, monkeypatch, capsys, text, words):
+    """Every notebook's preset is checked first: a typo in the last one's is an error at once,
+    not after hours of the notebooks before it."""
     from grokcore.__main__ import main
 
-    demo_book(tmp_path, {"broken": "y = x", "fine": "y = x + 1"})
+    demo_book(tmp_path, {"fine": "y = x + 1", "broken": "y = x"})  # the broken one comes last
     (tmp_path / "parameters/demo/broken/ci.yaml").write_text(text)
+    _no_kernel(monkeypatch)
     monkeypatch.chdir(tmp_path)
-    assert main(["book", "run", "--preset", "ci"]) == 1
+    with pytest.raises(SystemExit) as stopped:
+        main(["book", "run", "--preset", "ci"])
     err = capsys.readouterr().err
-    failed = err.split("1 notebook(s) failed:\n")[1]
-    assert failed.startswith("  book/demo/broken.ipynb, parameters: parameters/demo/broken/ci.yaml ")
+    assert stopped.value.code == 2, err
+    failed = err.split("error: ")[1]
+    assert failed.startswith("book/demo/broken.ipynb, parameters: "), err
     assert all(w in failed for w in words), err
-    assert "Traceback" not in err
-    assert book.executed_path(tmp_path, tmp_path / "book/demo/fine.ipynb", "ci").exists()
+    assert "Traceback" not in err and not (tmp_path / "_build").exists()
+
+
+def test_run_book_names_every_notebook_with_a_bad_preset(tmp_path, monkeypatch):
+    demo_book(tmp_path, {"a": "pass", "b": "pass", "c": "pass"})
+    (tmp_path / "parameters/demo/b/ci.yaml").write_text("x: 2.5\n")
+    (tmp_path / "parameters/demo/c/ci.yaml").write_text("y: 1\n")
+    _no_kernel(monkeypatch)
+    with pytest.raises(book.BookError) as refused:
+        book.run_book("ci", root=tmp_path)
+    lines = str(refused.value).splitlines()
+    assert len(lines) == 2 and "book/demo/a.ipynb" not in str(refused.value)
+    assert lines[0].startswith("book/demo/b.ipynb, parameters: x = 2.5 is not allowed for book/demo/b.ipynb")
+    assert lines[1].startswith("book/demo/c.ipynb, parameters: unknown parameter 'y' for book/demo/c.ipynb")
+
+
+def test_run_book_reads_each_preset_once(tmp_path, monkeypatch):
+    """The values checked up front are the ones the notebook runs with; nothing is read twice."""
+    import papermill
+
+    demo_book(tmp_path, {"a": "pass", "b": "pass"})
+    (tmp_path / "parameters/demo/b/ci.yaml").write_text("x: 3\n")
+    read, ran = [], []
+    real = book.preset_parameters
+    monkeypatch.setattr(book, "preset_parameters", lambda root, nb, *a: read.append(nb.stem) or real(root, nb, *a))
+
+    def run(src, dst, parameters, **_):
+        ran.append((Path(src).stem, parameters))
+        Path(dst).write_text("{}")
+
+    monkeypatch.setattr(papermill, "execute_notebook", run)
+    assert book.run_book("ci", root=tmp_path) == []
+    assert read == ["a", "b"] and ran == [("a", {"x": 2}), ("b", {"x": 3})]
 
 
 def test_book_checks_for_jupyter_book_before_executing_a_notebook(monkeypatch, capsys):

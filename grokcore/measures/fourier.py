@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from grokcore.measures.curves import one_member
+from grokcore.models.transformer import Transformer
 
 
 def fourier_basis(p: int) -> tuple[Tensor, list[str]]:
@@ -222,6 +223,13 @@ def progress_measures(run, member: int = 0, key_freqs: list[int] | None = None, 
         raise ValueError(
             f"task.op = {getattr(task, 'op', None)!r} is not allowed: the progress measures are Nanda et al.'s for 'x+y'"
         )
+    if not isinstance(run.config.model, Transformer):
+        raise ValueError(
+            f"model = {type(run.config.model).__name__} is not allowed: the progress measures read a Transformer's"
+            " embedding, MLP neurons and unembedding"
+        )
+    if not 0 <= member < len(run.members):
+        raise ValueError(f"member = {member} is not allowed: this run has members 0 to {len(run.members) - 1}")
     p = task.p
     m = run.members[member]
     train_idx, _ = task.split(m["seed"], m.get("train_fraction"))
