@@ -20,6 +20,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal, Optional, Union
 
+import numpy as np
+
 
 class ConfigError(ValueError):
     """A parameter has a wrong name, type or value. The message names it."""
@@ -65,10 +67,21 @@ def interval(lo: float | None = None, hi: float | None = None, *, lo_open=False,
 POSITIVE = interval(0, None, lo_open=True)
 NON_NEGATIVE = interval(0, None)
 FRACTION = interval(0, 1, lo_open=True, hi_open=True)
-# A run's folder is <name>-<hash> inside the run store, and must stay inside it.
+#: Hex digits of a config's hash in its run folder's name.
+HASH_CHARS = 10
+#: The longest run name in UTF-8 bytes: the folder <name>-<hash> must fit a file name (255 bytes on
+#: the usual file systems; the store adds nothing to it, its files go inside).
+MAX_RUN_NAME_BYTES = 255 - 1 - HASH_CHARS
+# A run's folder is <name>-<hash> inside the run store, and must stay inside it. Printable first:
+# a lone surrogate cannot be encoded to count its bytes, and a NUL or a newline makes no file name.
 RUN_NAME = Check(
-    lambda v: bool(v) and not any(c in v for c in "/\\") and not v.startswith("."),
-    "a non-empty label without '/' or '\\' that does not start with '.'",
+    lambda v: bool(v)
+    and v.isprintable()
+    and len(v.encode()) <= MAX_RUN_NAME_BYTES
+    and not any(c in v for c in "/\\")
+    and not v.startswith("."),
+    f"a non-empty printable label of at most {MAX_RUN_NAME_BYTES} bytes (UTF-8) without '/' or '\\'"
+    " that does not start with '.'",
 )
 
 
@@ -106,12 +119,28 @@ def _type_name(tp) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "True/False"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+def as_list(value) -> list | None:
+    """``value`` as a list if it is a list, tuple, range or 1-D NumPy array, else None.
+
+    An array's numbers become Python's (``tolist``), so that the config is written and hashed
+    exactly as if the list had been typed. An array of another shape raises TypeError: its
+    rows are not the values meant.
+    """
+    if isinstance(value, (list, tuple, range)):
+        return list(value)
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1:
+            raise TypeError(f"a {value.ndim}-D array")
+        return value.tolist()
+    return None
+
+
 def _coerce(value, tp):
     """Return ``value`` as type ``tp`` if it is acceptable, else raise TypeError.
 
     Lenient only where no information is lost: an int (NumPy's too) where an int or a float
-    is expected, a NumPy float where a float is, and a list where a tuple is expected (YAML
-    and papermill give lists).
+    is expected, a NumPy float where a float is, and a list, range or 1-D NumPy array where a
+    tuple is expected (YAML and papermill give lists, NumPy gives arrays).
     """
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -132,11 +161,12 @@ def _coerce(value, tp):
             return None
         raise TypeError
     if origin is tuple:
-        if not isinstance(value, (list, tuple)):
+        items = as_list(value)
+        if items is None:
             raise TypeError
         args = typing.get_args(tp)
         inner = args[0] if args else Any
-        return tuple(_coerce(v, inner) for v in value)
+        return tuple(_coerce(v, inner) for v in items)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise TypeError
@@ -193,11 +223,12 @@ class Spec:
             value = getattr(self, f.name)
             try:
                 value = _coerce(value, hints[f.name])
-            except TypeError:
+            except TypeError as e:
                 if typing.get_origin(hints[f.name]) is Literal:  # a value of the right type, but not one allowed
                     raise ConfigError(f"{f.name} = {value!r} is not allowed: must be {_type_name(hints[f.name])}") from None
+                why = f", not {e}" if str(e) else ""  # e.g. an array of the wrong shape
                 raise ConfigError(
-                    f"{f.name} = {value!r} has the wrong type: expected {_type_name(hints[f.name])}"
+                    f"{f.name} = {value!r} has the wrong type: expected {_type_name(hints[f.name])}{why}"
                 ) from None
             object.__setattr__(self, f.name, value)
             check = f.metadata.get("check")
@@ -366,12 +397,28 @@ class RunConfig(Spec):
             raise ConfigError(f"task = {self.task!r} is not allowed: must be a task of grokcore.tasks, e.g. AlgorithmicTask()")
         if isinstance(self.model, Task) or not callable(getattr(self.model, "build", None)):
             raise ConfigError(f"model = {self.model!r} is not allowed: must be a model of grokcore.models, e.g. Transformer()")
+        # A model with fewer outputs than the task has answers would fail at step 0 (a target out
+        # of range), e.g. ModularMLP (p outputs) on ToyAddition (2p - 1 sums).
+        n_outputs = getattr(self.model, "n_outputs", None)  # a model spec without it is not checked
+        outputs = n_outputs(self.task.model_dims()) if callable(n_outputs) else None
+        if outputs is not None and outputs < self.task.n_classes:
+            raise ConfigError(
+                f"model = {type(self.model).__name__} is not allowed with task = {type(self.task).__name__}: it has "
+                f"{outputs} outputs, and the task's answers are {self.task.n_classes} classes; "
+                "must be a model with an output per class, e.g. Transformer() or SumEmbeddingMLP()"
+            )
+        sweep = {}
         for key, values in self.sweep.items():
             if key not in SWEEPABLE:
                 allowed = ", ".join(k for k in SWEEPABLE if k != "seed")  # seeds come from seed= and seeds=
                 raise ConfigError(f"sweep key {key!r} is not allowed: must be one of {allowed}")
-            if not isinstance(values, (list, tuple)) or not values:
-                raise ConfigError(f"sweep[{key!r}] = {values!r} is not allowed: must be a non-empty list")
+            allowed = "a non-empty list (or tuple, range, 1-D array)"
+            try:
+                sweep[key] = as_list(values)
+            except TypeError as e:
+                raise ConfigError(f"sweep[{key!r}] = {values!r} is not allowed: must be {allowed}, not {e}") from None
+            if not sweep[key]:
+                raise ConfigError(f"sweep[{key!r}] = {values!r} is not allowed: must be {allowed}")
             if key == "seed":
                 raise ConfigError("sweep key 'seed' is not allowed: use seed= and seeds=")
         if self.seed + self.seeds > 2**32:  # seeds derived from it (a split's) must fit in 64 bits
@@ -384,7 +431,7 @@ class RunConfig(Spec):
         # Each value must be valid where it will be used, and is kept as that section holds
         # it (1 -> 1.0), so that equal sweeps hash alike.
         normalised = {}
-        for key, values in sorted(self.sweep.items()):
+        for key, values in sorted(sweep.items()):
             section = getattr(self, SWEEPABLE[key])
             normalised[key] = tuple(getattr(section.replace(**{key: v}), key) for v in values)
         object.__setattr__(self, "sweep", normalised)
@@ -414,7 +461,7 @@ class RunConfig(Spec):
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:10]
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:HASH_CHARS]
 
     @property
     def run_name(self) -> str:

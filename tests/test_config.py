@@ -1,5 +1,7 @@
 """Config validation: what a config accepts, and what its errors say."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -49,3 +51,81 @@ def test_members_are_ordered_by_the_sweep_keys_alphabetically_then_seed():
     order = [(m["lr"], m["weight_decay"], m["seed"]) for m in members]
     expected = [(lr, wd, seed) for lr in (0.001, 0.01) for wd in (0.1, 1.0) for seed in (5, 6)]
     assert order == expected
+
+
+SMALL_MODELS = [
+    gc.Transformer(n_layers=1, d_model=8, n_heads=2, d_mlp=8),
+    gc.ModularMLP(width=8),
+    gc.SumEmbeddingMLP(hidden=(8,)),
+]
+TASKS = [
+    gc.AlgorithmicTask(op="x+y", p=7),
+    gc.AlgorithmicTask(op="x/y", p=7, op_token=False, loss="mse"),
+    gc.AlgorithmicTask(op="x.y", n=3),
+    gc.ToyAddition(p=5, train_fraction=0.8),
+]
+
+
+@pytest.mark.parametrize("task", TASKS, ids=lambda t: type(t).__name__)
+@pytest.mark.parametrize("model", SMALL_MODELS, ids=lambda m: type(m).__name__)
+def test_a_model_needs_an_output_for_every_answer_of_its_task(task, model):
+    """A pair whose model cannot output every answer (ModularMLP's p outputs for ToyAddition's
+    2p - 1 sums) is refused when the config is built, not at step 0 of train(); every other
+    pair is accepted. What the built model outputs on the task's examples decides which."""
+    inputs, targets = task.examples()
+    fits = model.build(task.model_dims())(inputs).shape[-1] > targets.max().item()
+    if fits:
+        gc.RunConfig(name="pair", task=task, model=model)
+        return
+    message = f"^model = {type(model).__name__} is not allowed with task = {type(task).__name__}: it has"
+    with pytest.raises(gc.ConfigError, match=message):
+        gc.RunConfig(name="pair", task=task, model=model)
+
+
+def test_the_modular_mlp_is_refused_for_toy_addition():
+    """The case that crashed in train() with 'Target 13 is out of bounds'."""
+    with pytest.raises(gc.ConfigError, match=r"it has 10 outputs, and the task's answers are 19 classes"):
+        gc.RunConfig(name="mm", task=gc.ToyAddition(), model=gc.ModularMLP(width=8), steps=5)
+
+
+def test_numpy_arrays_and_ranges_are_lists():
+    """A 1-D array or a range is taken where a list is, and hashes as the list typed out would."""
+    typed = [0.0001, 0.00046415888336127773, 0.002154434690031882, 0.01]  # np.geomspace(1e-4, 1e-2, 4)
+    swept = config(sweep={"lr": np.geomspace(1e-4, 1e-2, 4)})
+    assert swept.sweep == {"lr": tuple(typed)} and all(type(v) is float for v in swept.sweep["lr"])
+    assert swept.canonical_json() == config(sweep={"lr": typed}).canonical_json()
+    scales = [config(sweep={"init_scale": v}) for v in (range(1, 4), np.arange(1, 4), [1.0, 2.0, 3.0])]
+    assert len({c.hash() for c in scales}) == 1 and scales[0].sweep == {"init_scale": (1.0, 2.0, 3.0)}
+    optim = gc.AdamW(betas=np.array([0.9, 0.98]))
+    assert optim.betas == (0.9, 0.98) and all(type(b) is float for b in optim.betas)
+    assert config(optim=optim).hash() == config(optim=gc.AdamW(betas=[0.9, 0.98])).hash()
+    norms = config(track_norms=np.array(["unembed"])).track_norms
+    assert norms == ("unembed",) and type(norms[0]) is str
+    assert gc.SumEmbeddingMLP(hidden=np.array([4, 4])).to_dict() == gc.SumEmbeddingMLP(hidden=[4, 4]).to_dict()
+
+
+def test_arrays_that_are_not_lists_are_refused():
+    """A 0-D or 2-D array holds no list of values; an empty one holds none."""
+    refused = {"not a 0-D array": np.array(1e-3), "not a 2-D array": np.ones((2, 2)), "1-D array)": np.array([])}
+    for why, values in refused.items():
+        with pytest.raises(gc.ConfigError) as error:
+            config(sweep={"lr": values})
+        message = str(error.value)
+        assert message.startswith("sweep['lr'] = array(") and message.endswith(why)
+        assert "is not allowed: must be a non-empty list (or tuple, range, 1-D array)" in message
+    expected = "has the wrong type: expected a tuple/list of a number, not a {}-D array"
+    for betas, ndim in ((np.array(0.9), 0), (np.array([[0.9, 0.98]]), 2)):
+        with pytest.raises(gc.ConfigError, match=r"^betas = array\(.* " + re.escape(expected.format(ndim)) + "$"):
+            gc.AdamW(betas=betas)
+
+
+def test_a_run_name_must_make_a_file_name(tmp_path):
+    """The run folder <name>-<10 hex digits> must fit a file name: 255 bytes, NUL and newlines excluded."""
+    longest = config(steps=1, eval_points=2, checkpoints=0).replace(name="a" * 244)
+    assert len(longest.run_name.encode()) == 255
+    assert gc.train(longest, root=tmp_path).path.name == longest.run_name  # the folder is made
+    config().replace(name="é" * 122)  # 244 bytes in UTF-8
+    allowed = "is not allowed: must be a non-empty printable label of at most 244 bytes"
+    for name in ("a" * 245, "é" * 123, "a\x00b", "a\nb", "a\tb", "\udc80"):
+        with pytest.raises(gc.ConfigError, match=r"^name = .* " + allowed):
+            config().replace(name=name)

@@ -32,6 +32,10 @@ class SumEmbeddingMLP(Spec):
     embed_init: float = spec_field(1.0, check=POSITIVE, doc="embeddings start U[-s/2, s/2] with this s")
     init_scale: float = spec_field(1.0, check=POSITIVE, doc="multiply every initial weight by this")
 
+    def n_outputs(self, dims: dict) -> int:
+        """How many outputs the built model has (RunConfig checks that every answer has one)."""
+        return dims["n_outputs"]
+
     def build(self, dims: dict) -> "SumEmbeddingMLPModel":
         return SumEmbeddingMLPModel(self, n_values=dims["n_values"], n_outputs=dims["n_outputs"], positions=dims["operand_positions"])
 

@@ -32,6 +32,10 @@ class ModularMLP(Spec):
     init_std: Optional[float] = spec_field(None, check=POSITIVE, doc="None: 0.5 / (2 N)^(1/3)")
     init_scale: float = spec_field(1.0, check=POSITIVE, doc="multiply every initial weight by this")
 
+    def n_outputs(self, dims: dict) -> int:
+        """How many outputs the built model has: one per operand value (answers are operands), not per token."""
+        return dims["n_values"]
+
     def build(self, dims: dict) -> "ModularMLPModel":
         return ModularMLPModel(self, n_values=dims["n_values"], operand_positions=dims["operand_positions"])
 

@@ -45,6 +45,10 @@ class Transformer(Spec):
         if self.positions == "sinusoidal" and self.d_model % 2:
             raise ConfigError(f"d_model = {self.d_model} is not allowed with sinusoidal positions: must be even")
 
+    def n_outputs(self, dims: dict) -> int:
+        """How many outputs the built model has (RunConfig checks that every answer has one)."""
+        return dims["n_outputs"]
+
     def build(self, dims: dict) -> "TransformerModel":
         return TransformerModel(self, vocab_size=dims["vocab_size"], seq_len=dims["seq_len"], n_outputs=dims["n_outputs"])
 

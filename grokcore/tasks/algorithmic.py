@@ -149,6 +149,11 @@ class AlgorithmicTask(Task):
         }
 
     @property
+    def n_classes(self) -> int:
+        """Answers are operands (n_outputs counts the op and = tokens too)."""
+        return self.n_values
+
+    @property
     def op_id(self) -> int:
         return self.n_values
 

@@ -59,6 +59,11 @@ class Task(Spec):
         """What a model needs to know about its inputs and outputs."""
         raise NotImplementedError
 
+    @property
+    def n_classes(self) -> int:
+        """How many answers there are (targets are 0..n_classes - 1): a model needs an output for each."""
+        return self.model_dims()["n_outputs"]
+
     def build(self, members: list[dict], device: torch.device | str) -> TaskData:
         inputs, targets = self.examples()
         train, val = zip(*(self.split(m["seed"], m.get("train_fraction")) for m in members))
