@@ -78,8 +78,7 @@ def submit(
     todo = book.select(root, only)
     if not todo:
         raise SlurmError("the book lists no notebook in _toc.yml: nothing to submit")
-    for nb in todo:  # here, not on a GPU node after the queue's wait
-        book.preset_parameters(root, nb, preset)
+    book.book_parameters(root, todo, preset)  # here, not on a GPU node after the queue's wait
     if not dry_run and shutil.which("sbatch") is None:
         raise SlurmError("sbatch is not on PATH: run this on a SLURM login node, or add --dry-run to only write the script")
 
