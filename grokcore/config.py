@@ -320,7 +320,7 @@ class AdamW(Spec):
                     f"groups[{prefix!r}] = {overrides!r} is not allowed: must be a dict with keys lr and/or weight_decay"
                 )
             for key, value in overrides.items():
-                number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
                 if not number or value < 0 or (key == "lr" and value == 0):
                     raise ConfigError(f"groups[{prefix!r}][{key!r}] = {value!r} is not allowed: must be a number > 0 (lr) or >= 0")
         # A parameter in two groups would take the values of whichever came last in the dict,

@@ -129,3 +129,12 @@ def test_a_run_name_must_make_a_file_name(tmp_path):
     for name in ("a" * 245, "é" * 123, "a\x00b", "a\nb", "a\tb", "\udc80"):
         with pytest.raises(gc.ConfigError, match=r"^name = .* " + allowed):
             config().replace(name=name)
+
+
+def test_parameter_groups_take_numpy_numbers_as_floats():
+    """np.geomspace(...)[i] or np.float32 in a group is a number, kept as the Python float it equals."""
+    optim = gc.AdamW(groups={"embed": {"lr": np.float64(1e-3), "weight_decay": np.float32(0.5)}})
+    assert optim.groups == {"embed": {"lr": 0.001, "weight_decay": 0.5}}
+    assert all(type(v) is float for v in optim.groups["embed"].values())
+    with pytest.raises(gc.ConfigError, match=r"^groups\['embed'\]\['lr'\] = .* is not allowed"):
+        gc.AdamW(groups={"embed": {"lr": np.float32("nan")}})
