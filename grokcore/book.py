@@ -148,30 +148,13 @@ def preset_parameters(root: Path, notebook: Path, preset: str, overrides: dict |
         )
     for name, value in values.items():
         default = _literal(declared[name]["default"])
-        # "-p steps 1e5" or "steps: 1.0e+5" reads as 100000.0: an integer parameter gets the integer it means.
-        if isinstance(value, float) and value.is_integer() and type(default) is int:
-            values[name] = int(value)
-        # A list where a number is meant (or the reverse) would fail inside the notebook, as a
-        # Python error in some later cell.
-        if default is not None and value is not None and _kind(value) != _kind(default):
+        try:
+            values[name] = _as_declared(value, default)
+        except ValueError as e:
             raise BookError(
-                f"{name} = {value!r} is not allowed for {notebook.relative_to(root)}: must be a {_kind(default)}, "
+                f"{name} = {value!r} is not allowed for {notebook.relative_to(root)}: {e}, "
                 f"as its default {declared[name]['default']} is"
-            )
-        # 2.5 where the notebook wants a count (range, linspace, a width) fails there as a TypeError
-        # ("type(default) is int": a bool is an int too, but has its own kind, checked above).
-        if type(default) is int and isinstance(value, float) and not value.is_integer():
-            raise BookError(
-                f"{name} = {value!r} is not allowed for {notebook.relative_to(root)}: must be a whole number, "
-                f"as its default {declared[name]['default']} is"
-            )
-        # An empty list where the notebook loops over items fails at the first one (an IndexError,
-        # nothing to concatenate).
-        if _kind(default) == "list" and default and _kind(value) == "list" and not value:
-            raise BookError(
-                f"{name} = {value!r} is not allowed for {notebook.relative_to(root)}: must be a list of at least "
-                f"one item, as its default {declared[name]['default']} is"
-            )
+            ) from None
     return values
 
 
@@ -181,6 +164,33 @@ def _literal(text: str):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return None
+
+
+def _as_declared(value, default):
+    """``value`` as the notebook's ``default`` means it, or a ValueError saying what it must be.
+
+    What a notebook would otherwise fail on in some later cell, as a Python error: a list where
+    it means a number (or the reverse), 2.5 where it counts (range, linspace, a width), no items
+    where it loops over them. "-p steps 1e5" or "steps: 1.0e+5" reads as 100000.0: an integer
+    parameter gets the integer it means. Items are checked alike where the default's items are
+    all of one type ("hidden: [32.5]")."""
+    if default is None or value is None:
+        return value
+    if _kind(value) != _kind(default):
+        raise ValueError(f"must be a {_kind(default)}")
+    if type(default) is int and isinstance(value, float):  # not a bool: its kind differs
+        if not value.is_integer():
+            raise ValueError("must be a whole number")
+        return int(value)
+    if _kind(default) == "list" and default:
+        if not value:
+            raise ValueError("must be a list of at least one item")
+        if len({type(item) for item in default}) == 1:
+            try:
+                return [_as_declared(item, default[0]) for item in value]
+            except ValueError as e:
+                raise ValueError(f"each item {e}") from None
+    return value
 
 
 def _kind(value) -> str:

@@ -325,9 +325,13 @@ def test_preset_files_and_p_values_are_checked_alike(tmp_path):
     values = book.preset_parameters(tmp_path, nb, "ci")
     assert values == {"n": 4, "items": [3], "flag": False} and type(values["n"]) is int
     assert book.preset_parameters(tmp_path, nb, "ci", {"flag": True})["flag"] is True
+    items = book.preset_parameters(tmp_path, nb, "ci", {"items": [2.0, 1e1]})["items"]
+    assert items == [2, 10] and all(type(i) is int for i in items)  # as a whole number alone becomes one
     for text, message in [
         ("n: 2.5\n", r"n = 2.5 is not allowed for book/demo/demo.ipynb: must be a whole number, as its default 3 is"),
         ("items: []\n", r"items = \[\] .*: must be a list of at least one item, as its default \[1, 2\]"),
+        ("items: [1, 2.5]\n", r"items = \[1, 2.5\] .*: each item must be a whole number, as its default \[1, 2\] is"),
+        ("items: [x]\n", r"items = \['x'\] .*: each item must be a number, as its default \[1, 2\] is"),
         ("n: true\n", r"n = True is not allowed .*: must be a number"),  # a bool is an int, but not a count
         ("flag: 1\n", r"flag = 1 is not allowed .*: must be a boolean"),
     ]:
