@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if failure:
             print(f"FAILED {failure}", file=sys.stderr)
             return 1
-        out = book.executed_path(root, nb, args.preset, custom=bool(overrides))
+        out = book.executed_path(root, nb, args.preset, overrides)
         print(f"ok {nb.relative_to(root)} -> {out.relative_to(root)} ({time.perf_counter() - t0:.0f} s)")
         return 0
 

@@ -4,7 +4,8 @@
 ``parameters`` cell is the ``ci`` preset. Executed notebooks go to
 ``_build/executed/<preset>/book/<chapter>/<notebook>.ipynb``, only once they have run to the
 end (a failed one goes beside it, as ``<notebook>.failed.ipynb``; one run with parameters
-changed on the command line goes to ``_build/executed/<preset>-custom/``). The book is built
+changed on the command line goes to ``_build/executed/<preset>-custom/``, as
+``<notebook>-<hash of the changes>.ipynb``). The book is built
 from a staged copy of the sources in which every notebook is replaced by its executed version.
 """
 
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -199,11 +202,16 @@ def _kind(value) -> str:
     return next((kind for kind, types in kinds if isinstance(value, types)), type(value).__name__)
 
 
-def executed_path(root: Path, notebook: Path, preset: str, custom: bool = False) -> Path:
-    """Where ``notebook`` executed at ``preset`` is kept; ``custom``: with parameters changed on
-    the command line, kept apart so that the preset's book never shows them."""
-    folder = f"{preset}-custom" if custom else preset
-    return root / "_build" / "executed" / folder / notebook.resolve().relative_to(root)
+def executed_path(root: Path, notebook: Path, preset: str, overrides: dict | None = None) -> Path:
+    """Where ``notebook`` executed at ``preset`` is kept. With ``overrides`` (parameters changed on
+    the command line) it is kept apart, so that the preset's book never shows it, and named by
+    their hash, so that a run with other changes (``-p positions learned`` after ``-p positions
+    sinusoidal``) does not overwrite it."""
+    rel = notebook.resolve().relative_to(root)
+    if not overrides:
+        return root / "_build" / "executed" / preset / rel
+    key = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
+    return root / "_build" / "executed" / f"{preset}-custom" / rel.with_name(f"{rel.stem}-{key}.ipynb")
 
 
 def failed_path(executed: Path) -> Path:
@@ -276,7 +284,7 @@ def execute(
             params = preset_parameters(root, notebook, preset, overrides)
         except BookError as e:
             return Failure(rel, "parameters", str(e))
-    out = executed_path(root, notebook, preset, custom=bool(overrides))
+    out = executed_path(root, notebook, preset, overrides)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(f".{os.getpid()}.partial.ipynb")  # papermill writes it cell by cell
     # The kernel inherits these: one run store for the whole book (absolute: the kernel runs in

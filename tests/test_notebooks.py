@@ -117,7 +117,9 @@ def test_cli_exit_status_says_whether_every_notebook_ran(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)  # `book` finds the book from here
     monkeypatch.setattr(book, "execute", lambda *a, **k: None)
     assert main(["run", str(nb), "--preset", "ci", "-p", "seeds", "2"]) == 0
-    assert "_build/executed/ci-custom/book/power2022/grokking.ipynb" in capsys.readouterr().out
+    custom = book.executed_path(ROOT, nb, "ci", {"seeds": 2}).relative_to(ROOT)
+    assert custom.parent == Path("_build/executed/ci-custom/book/power2022")
+    assert f"-> {custom} (" in capsys.readouterr().out
     monkeypatch.setattr(book, "execute", lambda *a, **k: failure)
     assert main(["run", str(nb)]) == 1
     assert f"FAILED {failure}" in capsys.readouterr().err
@@ -240,7 +242,10 @@ def test_book_runner_reports_a_failing_notebook_and_goes_on(tmp_path):
     # Parameters changed on the command line: kept out of the preset's folder.
     before = executed["fine"].read_text()
     assert book.execute(tmp_path, tmp_path / "book/demo/fine.ipynb", "ci", {"x": 5}) is None
-    assert book.executed_path(tmp_path, tmp_path / "book/demo/fine.ipynb", "ci", custom=True).exists()
+    assert book.execute(tmp_path, tmp_path / "book/demo/fine.ipynb", "ci", {"x": 6}) is None
+    custom = [book.executed_path(tmp_path, tmp_path / "book/demo/fine.ipynb", "ci", {"x": x}) for x in (5, 6)]
+    assert custom[0] != custom[1] and all(path.exists() for path in custom)  # the second kept the first
+    assert all(path.parent == tmp_path / "_build/executed/ci-custom/book/demo" for path in custom)
     assert executed["fine"].read_text() == before
     # Mended, the notebook runs, and its failed copy from before goes: the folder shows the
     # latest outcome alone.
