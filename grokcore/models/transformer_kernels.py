@@ -286,8 +286,8 @@ def unsupported(model: torch.nn.Module, inputs: Tensor, loss: str, members: int)
             return f"{key} = {getattr(cfg, key)!r} (the kernels need {value!r})"
     if loss != "cross_entropy":
         return f"loss {loss!r} (the kernels need cross_entropy)"
-    if inputs.dim() != 2 or inputs.shape[1] != SEQ_LEN:
-        return f"inputs of shape {tuple(inputs.shape)} (the kernels need {SEQ_LEN} tokens an example)"
+    if inputs.dim() != 2 or inputs.shape[1] != SEQ_LEN or not inputs.is_contiguous():
+        return f"inputs of shape {tuple(inputs.shape)} (the kernels need {SEQ_LEN} tokens an example, contiguous)"
     d_head = cfg.d_model // cfg.n_heads
     if cfg.d_model < 16 or cfg.d_model & (cfg.d_model - 1) or d_head & (d_head - 1):
         return f"d_model = {cfg.d_model}, n_heads = {cfg.n_heads} (the kernels need powers of 2, d_model >= 16)"
