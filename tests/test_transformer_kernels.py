@@ -100,7 +100,17 @@ def test_kernels_say_why_a_run_cannot_use_them(changes, reason):
     data = config.task.build(members, torch.device("cpu"))
     model = config.model.build(config.task.model_dims())
     assert reason in unsupported(model, data.inputs, data.loss, len(members))
-    assert unsupported(nanda().model.build(nanda().task.model_dims()), data.inputs[:, :3], "cross_entropy", 1) is None
+
+
+def test_kernels_take_nandas_setting_and_no_inputs_they_would_misread():
+    from grokcore.models.transformer_kernels import unsupported
+
+    config = nanda()
+    data = config.task.build(config.members(), torch.device("cpu"))
+    model = config.model.build(config.task.model_dims())
+    assert unsupported(model, data.inputs, data.loss, 1) is None
+    strided = torch.cat([data.inputs, data.inputs], 1)[:, ::2]  # the right shape, rows 6 apart
+    assert "contiguous" in unsupported(model, strided, data.loss, 1)
 
 
 def test_asking_for_the_kernels_where_they_cannot_run_is_an_error_naming_the_option():
