@@ -30,6 +30,8 @@ import triton.language as tl
 from torch import Tensor
 
 SEQ_LEN = 3  # "a b =": the kernels unroll the three positions
+MLP_CHUNK = 64  # hidden units at a time in _rows_kernel
+
 
 @triton.jit
 def _wT(ptr, ld, in0, IN: tl.constexpr, out0, OUT: tl.constexpr, out_max):
@@ -68,6 +70,8 @@ def _rows_kernel(
     D: tl.constexpr, H: tl.constexpr, M: tl.constexpr, MC: tl.constexpr, CP: tl.constexpr,
     BB: tl.constexpr, HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
 ):
+    """Examples [BB * program, BB * (program + 1)) of the batch: forward, loss gradient and
+    input gradients; writes the *_buf tensors (rows: examples, or example * 3 + position)."""
     DH: tl.constexpr = D // H
     rows = tl.program_id(0) * BB + tl.arange(0, BB)
     live = rows < B
@@ -245,6 +249,8 @@ def _weights_kernel(
     D: tl.constexpr, M: tl.constexpr, CP: tl.constexpr,
     RT: tl.constexpr, NT: tl.constexpr, KT: tl.constexpr, HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
 ):
+    """Every weight gradient, part ``program_id(1)`` of the batch: a grid of the products'
+    tiles, t_* of each (o_*: where its gradient starts in the flat row)."""
     pid = tl.program_id(0)
     split = tl.program_id(1)
     out = partials + split * P_total
@@ -298,17 +304,15 @@ def unsupported(model: torch.nn.Module, inputs: Tensor, loss: str, members: int)
     return None
 
 
-MLP_CHUNK = 64  # hidden units at a time in _rows_kernel
-
 
 class TransformerGradient:
     """The gradient of a one-layer transformer's weighted loss on a batch of ``batch``
     examples, from flat weights (1, P) in ``model.named_parameters()`` order; built once
     per run (it holds the per-example buffers, ~15 KB an example at Nanda et al.'s sizes).
 
-    ``splits`` parts along the batch, ``block_rows`` examples a block of ``_rows_kernel``
-    and ``tile`` x ``tile`` weight-gradient tiles were the fastest of those we timed on an
-    H100 (book/appendix/benchmarks.md)."""
+    ``splits`` parts along the batch, ``block_rows`` examples a block of ``_rows_kernel``,
+    ``tile`` x ``tile`` weight-gradient tiles over ``k_tile`` rows at a time, and the kernels'
+    warps: the defaults are first choices for Nanda et al.'s sizes, not yet tuned on a GPU."""
 
     def __init__(self, model: torch.nn.Module, batch: int, device: torch.device, tf32: bool,
                  splits: int = 8, block_rows: int = 32, tile: int = 64, k_tile: int = 32,
