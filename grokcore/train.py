@@ -706,9 +706,9 @@ def train(
     :func:`compile_metrics_pays_off`), ``cuda_graphs`` replays each step as one CUDA
     graph, ``fused_kernels`` computes the gradient of a one-layer transformer of Nanda et
     al.'s kind with two hand-written kernels (:mod:`grokcore.models.transformer_kernels`;
-    off unless asked for), and ``tf32`` lets matrix products
-    use TF32 (about 1e-3 relative error per product; these runs do not need exact float32).
-    None of them is part of the config's hash.
+    off unless asked for), and ``tf32`` lets matrix products use TF32 (about 1e-3 relative
+    error per product; these runs do not need exact float32). None of them is part of the
+    config's hash.
     """
     if until is not None and (isinstance(until, bool) or not isinstance(until, numbers.Integral) or until < 0):
         raise ConfigError(f"until = {until!r} is not allowed: must be a whole number of steps >= 0, or None")
