@@ -40,15 +40,12 @@ INTERPRETED = textwrap.dedent(
         share = torch.rand(batch)
         share[-3:] = 0  # padding takes no part
         share /= share.sum()
-        names = [n for n, _ in model.named_parameters()]
-        flat = torch.cat([w.detach().reshape(-1) for w in model.parameters()])[None]
-
-        weights = dict(zip(names, torch.split(flat[0], [w.numel() for w in model.parameters()])))
-        weights = {n: w.view_as(dict(model.named_parameters())[n]).clone().requires_grad_() for n, w in weights.items()}
+        weights = {n: w.detach().clone().requires_grad_() for n, w in model.named_parameters()}
+        flat = torch.cat([w.detach().reshape(-1) for w in weights.values()])[None]
         logits = functional_call(model, weights, (inputs[idx],))
         loss = (share * F.cross_entropy(logits, targets[idx], reduction="none")).sum()
         loss.backward()
-        expected = torch.cat([weights[n].grad.reshape(-1) for n in names])
+        expected = torch.cat([w.grad.reshape(-1) for w in weights.values()])
 
         gradient = TransformerGradient(model, batch, torch.device("cpu"), tf32=False, splits=splits,
                                        block_rows=block_rows)

@@ -180,9 +180,6 @@ def _rows_kernel(
     base0 = (rows * 3 + 0)[:, None] * (3 * D) + d[None, :]
     base1 = (rows * 3 + 1)[:, None] * (3 * D) + d[None, :]
     base2 = (rows * 3 + 2)[:, None] * (3 * D) + d[None, :]
-    zero = tl.zeros([BB, D], dtype=tl.float32)
-    tl.store(dqkv_buf + base0, zero, mask=m2)
-    tl.store(dqkv_buf + base1, zero, mask=m2)
     tl.store(dqkv_buf + base2, dq, mask=m2)
     tl.store(dqkv_buf + base0 + D, dk0, mask=m2)
     tl.store(dqkv_buf + base1 + D, dk1, mask=m2)
@@ -245,12 +242,13 @@ def _weights_kernel(
     inputs, idx, B, V, C, partials, P_total,
     x_buf, dqkv_buf, dx_buf, z_buf, r_buf, dr_buf, h_buf, dh_buf, r2_buf, dr2_buf, g_buf,
     o_emb, o_qkv, o_wo, o_win, o_bin, o_wout, o_bout, o_wu,
-    t_emb, t_qkv, t_wo, t_win, t_wout, t_wu, chunk,
+    t_emb, t_qkv, t_wo, t_win, t_wout, chunk,
     D: tl.constexpr, M: tl.constexpr, CP: tl.constexpr,
     RT: tl.constexpr, NT: tl.constexpr, KT: tl.constexpr, HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
 ):
     """Every weight gradient, part ``program_id(1)`` of the batch: a grid of the products'
-    tiles, t_* of each (o_*: where its gradient starts in the flat row)."""
+    tiles, t_* of each, the unembedding's taking the rest (o_*: where each gradient starts in
+    the flat row)."""
     pid = tl.program_id(0)
     split = tl.program_id(1)
     out = partials + split * P_total
@@ -336,7 +334,9 @@ class TransformerGradient:
         assert self.offsets["pos.weight"] == self.offsets["embed.weight"] + self.V * self.D
         B, D, M = batch, self.D, self.M
         empty = lambda *shape: torch.empty(*shape, device=device, dtype=torch.float32)  # noqa: E731
-        self.x, self.dqkv, self.dx = empty(3 * B, D), empty(3 * B, 3 * D), empty(3 * B, D)
+        # Only the last position has a query: the other rows' query columns stay zero.
+        self.x, self.dx = empty(3 * B, D), empty(3 * B, D)
+        self.dqkv = torch.zeros(3 * B, 3 * D, device=device)
         self.z, self.r, self.dr, self.r2, self.dr2 = (empty(B, D) for _ in range(5))
         self.h, self.dh, self.g = empty(B, M), empty(B, M), empty(B, self.CP)
         self.parts = empty(splits, 1, self.n_params)
@@ -371,7 +371,7 @@ class TransformerGradient:
             inputs, idx, self.B, self.V, self.C, self.parts, self.n_params, *buffers,
             o["embed.weight"], o["blocks.0.attn.qkv.weight"], o["blocks.0.attn.out.weight"],
             o["blocks.0.mlp.inp.weight"], o.get("blocks.0.mlp.inp.bias", 0), o["blocks.0.mlp.out.weight"],
-            o.get("blocks.0.mlp.out.bias", 0), o["unembed.weight"], *self.tiles, self.chunk,
+            o.get("blocks.0.mlp.out.bias", 0), o["unembed.weight"], *self.tiles[:-1], self.chunk,
             D=self.D, M=self.M, CP=self.CP, RT=self.tile, NT=self.tile, KT=self.k_tile,
             HAS_BIAS=self.has_bias, PREC=self.precision, num_warps=self.weights_warps,
         )
