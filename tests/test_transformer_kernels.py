@@ -50,9 +50,13 @@ INTERPRETED = textwrap.dedent(
         gradient = TransformerGradient(model, batch, torch.device("cpu"), tf32=False, splits=splits,
                                        block_rows=block_rows)
         got = gradient(flat, inputs, targets, idx, share.contiguous()).sum(0)[0]
-        error = ((got - expected).abs().max() / expected.abs().max()).item()
-        print(p, batch, bias, error)
-        assert error < 1e-5, (p, batch, bias, error)
+        start = 0
+        for name, w in weights.items():  # each tensor's error relative to its own largest entry
+            part = slice(start, start + w.numel())
+            start += w.numel()
+            error = ((got[part] - expected[part]).abs().max() / expected[part].abs().max()).item()
+            print(p, batch, bias, name, error)
+            assert error < 1e-5, (p, batch, bias, name, error)
 
     check(p=13, batch=50, bias=True, block_rows=16, splits=3)   # batch not a multiple of the block
     check(p=7, batch=40, bias=False, block_rows=32, splits=2)   # 7 outputs in a row of 16
@@ -87,6 +91,7 @@ def nanda(**changes):
         (dict(task=gc.AlgorithmicTask(op="x+y", p=11)), "inputs of shape (121, 4)"),
         (dict(seeds=2), "2 members"),
         (dict(model=gc.ModularMLP()), "model ModularMLP"),
+        (dict(model=gc.Transformer(n_layers=1, norm="none", n_heads=16)), "d_model / n_heads >= 16"),
     ],
 )
 def test_kernels_say_why_a_run_cannot_use_them(changes, reason):

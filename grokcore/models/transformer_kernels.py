@@ -50,72 +50,64 @@ def _w(ptr, ld, out0, OUT: tl.constexpr, in0, IN: tl.constexpr, out_max):
 
 
 @triton.jit
-def _heads(x, BB: tl.constexpr, H: tl.constexpr, DH: tl.constexpr):
-    """(BB, H*DH) -> (BB, H): the sum over each head's columns."""
-    return tl.sum(tl.reshape(x, (BB, H, DH)), axis=2)
-
-
-@triton.jit
-def _spread(s, BB: tl.constexpr, H: tl.constexpr, DH: tl.constexpr):
-    """(BB, H) -> (BB, H*DH): each head's value on its columns."""
-    return tl.reshape(tl.broadcast_to(s[:, :, None], (BB, H, DH)), (BB, H * DH))
-
-
-@triton.jit
 def _rows_kernel(
     inputs, targets, idx, share, B,
     E, P, Wqkv, Wo, Win, b_in, Wout, b_out, Wu,
     x_buf, dqkv_buf, dx_buf, z_buf, r_buf, dr_buf, h_buf, dh_buf, r2_buf, dr2_buf, g_buf,
     C, scale,
     D: tl.constexpr, H: tl.constexpr, M: tl.constexpr, MC: tl.constexpr, CP: tl.constexpr,
-    BB: tl.constexpr, HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
+    KC: tl.constexpr, BB: tl.constexpr, HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
 ):
     """Examples [BB * program, BB * (program + 1)) of the batch: forward, loss gradient and
-    input gradients; writes the *_buf tensors (rows: examples, or example * 3 + position)."""
+    input gradients; writes the *_buf tensors (rows: examples, or example * 3 + position).
+
+    Registers hold a few (BB, D) rows at a time; weights come in tiles of at most D x 64
+    (a head's columns, a chunk of hidden units, KC rows of the unembedding), and a product
+    whose weight would not fit (the unembedding's) reads its input back from the buffer just
+    written, KC columns at a time: whole D x D tiles would not fit in shared memory."""
     DH: tl.constexpr = D // H
     rows = tl.program_id(0) * BB + tl.arange(0, BB)
     live = rows < B
+    m2 = live[:, None]
     d = tl.arange(0, D)
+    dh_ = tl.arange(0, DH)
     ex = tl.load(idx + rows, mask=live, other=0)
     row_d = rows[:, None] * D + d[None, :]
-    m2 = live[:, None]
+    at0 = (rows * 3 + 0)[:, None] * D + d[None, :]  # position 0 of each example's rows
+    at1 = at0 + D
+    at2 = at0 + 2 * D
 
-    # forward: embeddings, the last position's query, every position's key and value
+    # forward: embeddings
     tok = tl.load(inputs + ex * 3 + 0, mask=live, other=0)
     x0 = tl.load(E + tok[:, None] * D + d[None, :]) + tl.load(P + 0 * D + d)[None, :]
     tok = tl.load(inputs + ex * 3 + 1, mask=live, other=0)
     x1 = tl.load(E + tok[:, None] * D + d[None, :]) + tl.load(P + 1 * D + d)[None, :]
     tok = tl.load(inputs + ex * 3 + 2, mask=live, other=0)
     x2 = tl.load(E + tok[:, None] * D + d[None, :]) + tl.load(P + 2 * D + d)[None, :]
-    tl.store(x_buf + (rows * 3 + 0)[:, None] * D + d[None, :], x0, mask=m2)
-    tl.store(x_buf + (rows * 3 + 1)[:, None] * D + d[None, :], x1, mask=m2)
-    tl.store(x_buf + (rows * 3 + 2)[:, None] * D + d[None, :], x2, mask=m2)
+    tl.store(x_buf + at0, x0, mask=m2)
+    tl.store(x_buf + at1, x1, mask=m2)
+    tl.store(x_buf + at2, x2, mask=m2)
 
-    wq = _wT(Wqkv, D, 0, D, 0, D, D)
-    q = tl.dot(x2, wq, input_precision=PREC)
-    wk = _wT(Wqkv, D, 0, D, D, D, 2 * D)
-    k0 = tl.dot(x0, wk, input_precision=PREC)
-    k1 = tl.dot(x1, wk, input_precision=PREC)
-    k2 = tl.dot(x2, wk, input_precision=PREC)
-    wv = _wT(Wqkv, D, 0, D, 2 * D, D, 3 * D)
-    v0 = tl.dot(x0, wv, input_precision=PREC)
-    v1 = tl.dot(x1, wv, input_precision=PREC)
-    v2 = tl.dot(x2, wv, input_precision=PREC)
-
-    s0 = _heads(q * k0, BB, H, DH) * scale
-    s1 = _heads(q * k1, BB, H, DH) * scale
-    s2 = _heads(q * k2, BB, H, DH) * scale
-    top = tl.maximum(tl.maximum(s0, s1), s2)
-    e0 = tl.exp(s0 - top)
-    e1 = tl.exp(s1 - top)
-    e2 = tl.exp(s2 - top)
-    tot = e0 + e1 + e2
-    p0 = _spread(e0 / tot, BB, H, DH)
-    p1 = _spread(e1 / tot, BB, H, DH)
-    p2 = _spread(e2 / tot, BB, H, DH)
-    z = p0 * v0 + p1 * v1 + p2 * v2
-    tl.store(z_buf + row_d, z, mask=m2)
-    r = x2 + tl.dot(z, _wT(Wo, D, 0, D, 0, D, D), input_precision=PREC)
+    # attention, a head at a time: the last position's query against all three positions
+    r = x2
+    for head in range(H):
+        c0 = head * DH
+        q = tl.dot(x2, _wT(Wqkv, D, 0, D, c0, DH, D), input_precision=PREC)
+        wk = _wT(Wqkv, D, 0, D, D + c0, DH, 2 * D)
+        wv = _wT(Wqkv, D, 0, D, 2 * D + c0, DH, 3 * D)
+        s0 = tl.sum(q * tl.dot(x0, wk, input_precision=PREC), axis=1) * scale
+        s1 = tl.sum(q * tl.dot(x1, wk, input_precision=PREC), axis=1) * scale
+        s2 = tl.sum(q * tl.dot(x2, wk, input_precision=PREC), axis=1) * scale
+        top = tl.maximum(tl.maximum(s0, s1), s2)
+        e0 = tl.exp(s0 - top)
+        e1 = tl.exp(s1 - top)
+        e2 = tl.exp(s2 - top)
+        tot = e0 + e1 + e2
+        z = ((e0 / tot)[:, None] * tl.dot(x0, wv, input_precision=PREC)
+             + (e1 / tot)[:, None] * tl.dot(x1, wv, input_precision=PREC)
+             + (e2 / tot)[:, None] * tl.dot(x2, wv, input_precision=PREC))
+        tl.store(z_buf + rows[:, None] * D + c0 + dh_[None, :], z, mask=m2)
+        r += tl.dot(z, _wT(Wo, D, c0, DH, 0, D, D), input_precision=PREC)
     tl.store(r_buf + row_d, r, mask=m2)
 
     # MLP, MC hidden units at a time; the hidden activations are kept for the backward
@@ -131,10 +123,15 @@ def _rows_kernel(
     if HAS_BIAS:
         r2 += tl.load(b_out + d)[None, :]
     tl.store(r2_buf + row_d, r2, mask=m2)
+    tl.debug_barrier()  # r2 and h as this block stored them, read back below
 
     # readout and the loss's gradient: (softmax - onehot) * the example's share of the mean
     c = tl.arange(0, CP)
-    logits = tl.dot(r2, _wT(Wu, D, 0, D, 0, CP, C), input_precision=PREC)
+    logits = tl.zeros([BB, CP], dtype=tl.float32)
+    for u0 in range(0, D, KC):
+        u = u0 + tl.arange(0, KC)
+        part = tl.load(r2_buf + rows[:, None] * D + u[None, :], mask=m2, other=0.0)
+        logits += tl.dot(part, _wT(Wu, D, u0, KC, 0, CP, C), input_precision=PREC)
     logits = tl.where(c[None, :] < C, logits, float("-inf"))
     top = tl.max(logits, axis=1)
     e = tl.exp(logits - top[:, None])
@@ -143,11 +140,15 @@ def _rows_kernel(
     g = g * tl.load(share + rows, mask=live, other=0.0)[:, None]
     g = tl.where(c[None, :] < C, g, 0.0)
     tl.store(g_buf + rows[:, None] * CP + c[None, :], g, mask=m2)
+    tl.debug_barrier()  # g as this block stored it
 
-    # backward
-    dr2 = tl.dot(g, _w(Wu, D, 0, CP, 0, D, C), input_precision=PREC)
+    # backward: unembedding, KC outputs at a time, then the MLP
+    dr2 = tl.zeros([BB, D], dtype=tl.float32)
+    for u0 in range(0, CP, KC):
+        u = u0 + tl.arange(0, KC)
+        part = tl.load(g_buf + rows[:, None] * CP + u[None, :], mask=m2, other=0.0)
+        dr2 += tl.dot(part, _w(Wu, D, u0, KC, 0, D, C), input_precision=PREC)
     tl.store(dr2_buf + row_d, dr2, mask=m2)
-    tl.debug_barrier()  # h as this block stored it
     dr = dr2
     for j0 in range(0, M, MC):
         j = j0 + tl.arange(0, MC)
@@ -157,46 +158,68 @@ def _rows_kernel(
         tl.store(dh_buf + rows[:, None] * M + j[None, :], dh, mask=m2)
         dr += tl.dot(dh, _w(Win, D, j0, MC, 0, D, M), input_precision=PREC)
     tl.store(dr_buf + row_d, dr, mask=m2)
-    dz = tl.dot(dr, _w(Wo, D, 0, D, 0, D, D), input_precision=PREC)
 
-    # attention backward (softmax over the three positions, per head)
-    dp0 = _heads(dz * v0, BB, H, DH)
-    dp1 = _heads(dz * v1, BB, H, DH)
-    dp2 = _heads(dz * v2, BB, H, DH)
-    a0 = e0 / tot
-    a1 = e1 / tot
-    a2 = e2 / tot
-    mean = a0 * dp0 + a1 * dp1 + a2 * dp2
-    ds0 = _spread(a0 * (dp0 - mean) * scale, BB, H, DH)
-    ds1 = _spread(a1 * (dp1 - mean) * scale, BB, H, DH)
-    ds2 = _spread(a2 * (dp2 - mean) * scale, BB, H, DH)
-    dq = ds0 * k0 + ds1 * k1 + ds2 * k2
-    dk0 = ds0 * q
-    dk1 = ds1 * q
-    dk2 = ds2 * q
-    dv0 = p0 * dz
-    dv1 = p1 * dz
-    dv2 = p2 * dz
-    base0 = (rows * 3 + 0)[:, None] * (3 * D) + d[None, :]
-    base1 = (rows * 3 + 1)[:, None] * (3 * D) + d[None, :]
-    base2 = (rows * 3 + 2)[:, None] * (3 * D) + d[None, :]
-    tl.store(dqkv_buf + base2, dq, mask=m2)
-    tl.store(dqkv_buf + base0 + D, dk0, mask=m2)
-    tl.store(dqkv_buf + base1 + D, dk1, mask=m2)
-    tl.store(dqkv_buf + base2 + D, dk2, mask=m2)
-    tl.store(dqkv_buf + base0 + 2 * D, dv0, mask=m2)
-    tl.store(dqkv_buf + base1 + 2 * D, dv1, mask=m2)
-    tl.store(dqkv_buf + base2 + 2 * D, dv2, mask=m2)
-
-    wk = _w(Wqkv, D, D, D, 0, D, 2 * D)
-    wv = _w(Wqkv, D, 2 * D, D, 0, D, 3 * D)
-    dx0 = tl.dot(dk0, wk, input_precision=PREC) + tl.dot(dv0, wv, input_precision=PREC)
-    dx1 = tl.dot(dk1, wk, input_precision=PREC) + tl.dot(dv1, wv, input_precision=PREC)
-    dx2 = tl.dot(dk2, wk, input_precision=PREC) + tl.dot(dv2, wv, input_precision=PREC)
-    dx2 += tl.dot(dq, _w(Wqkv, D, 0, D, 0, D, D), input_precision=PREC) + dr
-    tl.store(dx_buf + (rows * 3 + 0)[:, None] * D + d[None, :], dx0, mask=m2)
-    tl.store(dx_buf + (rows * 3 + 1)[:, None] * D + d[None, :], dx1, mask=m2)
-    tl.store(dx_buf + (rows * 3 + 2)[:, None] * D + d[None, :], dx2, mask=m2)
+    # attention backward, a head at a time; the forward's per-head values are recomputed
+    x0 = tl.load(x_buf + at0, mask=m2, other=0.0)
+    x1 = tl.load(x_buf + at1, mask=m2, other=0.0)
+    x2 = tl.load(x_buf + at2, mask=m2, other=0.0)
+    dx0 = tl.zeros([BB, D], dtype=tl.float32)
+    dx1 = tl.zeros([BB, D], dtype=tl.float32)
+    dx2 = dr
+    for head in range(H):
+        c0 = head * DH
+        q = tl.dot(x2, _wT(Wqkv, D, 0, D, c0, DH, D), input_precision=PREC)
+        wk = _wT(Wqkv, D, 0, D, D + c0, DH, 2 * D)
+        wv = _wT(Wqkv, D, 0, D, 2 * D + c0, DH, 3 * D)
+        k0 = tl.dot(x0, wk, input_precision=PREC)
+        k1 = tl.dot(x1, wk, input_precision=PREC)
+        k2 = tl.dot(x2, wk, input_precision=PREC)
+        s0 = tl.sum(q * k0, axis=1) * scale
+        s1 = tl.sum(q * k1, axis=1) * scale
+        s2 = tl.sum(q * k2, axis=1) * scale
+        top = tl.maximum(tl.maximum(s0, s1), s2)
+        e0 = tl.exp(s0 - top)
+        e1 = tl.exp(s1 - top)
+        e2 = tl.exp(s2 - top)
+        tot = e0 + e1 + e2
+        a0 = e0 / tot
+        a1 = e1 / tot
+        a2 = e2 / tot
+        dz = tl.dot(dr, _w(Wo, D, 0, D, c0, DH, D), input_precision=PREC)
+        v0 = tl.dot(x0, wv, input_precision=PREC)
+        v1 = tl.dot(x1, wv, input_precision=PREC)
+        v2 = tl.dot(x2, wv, input_precision=PREC)
+        dp0 = tl.sum(dz * v0, axis=1)
+        dp1 = tl.sum(dz * v1, axis=1)
+        dp2 = tl.sum(dz * v2, axis=1)
+        mean = a0 * dp0 + a1 * dp1 + a2 * dp2
+        ds0 = (a0 * (dp0 - mean) * scale)[:, None]
+        ds1 = (a1 * (dp1 - mean) * scale)[:, None]
+        ds2 = (a2 * (dp2 - mean) * scale)[:, None]
+        dq = ds0 * k0 + ds1 * k1 + ds2 * k2
+        dk0 = ds0 * q
+        dk1 = ds1 * q
+        dk2 = ds2 * q
+        dv0 = a0[:, None] * dz
+        dv1 = a1[:, None] * dz
+        dv2 = a2[:, None] * dz
+        cols = c0 + dh_[None, :]
+        tl.store(dqkv_buf + (rows * 3 + 2)[:, None] * (3 * D) + cols, dq, mask=m2)
+        tl.store(dqkv_buf + (rows * 3 + 0)[:, None] * (3 * D) + D + cols, dk0, mask=m2)
+        tl.store(dqkv_buf + (rows * 3 + 1)[:, None] * (3 * D) + D + cols, dk1, mask=m2)
+        tl.store(dqkv_buf + (rows * 3 + 2)[:, None] * (3 * D) + D + cols, dk2, mask=m2)
+        tl.store(dqkv_buf + (rows * 3 + 0)[:, None] * (3 * D) + 2 * D + cols, dv0, mask=m2)
+        tl.store(dqkv_buf + (rows * 3 + 1)[:, None] * (3 * D) + 2 * D + cols, dv1, mask=m2)
+        tl.store(dqkv_buf + (rows * 3 + 2)[:, None] * (3 * D) + 2 * D + cols, dv2, mask=m2)
+        wk = _w(Wqkv, D, D + c0, DH, 0, D, 2 * D)
+        wv = _w(Wqkv, D, 2 * D + c0, DH, 0, D, 3 * D)
+        dx0 += tl.dot(dk0, wk, input_precision=PREC) + tl.dot(dv0, wv, input_precision=PREC)
+        dx1 += tl.dot(dk1, wk, input_precision=PREC) + tl.dot(dv1, wv, input_precision=PREC)
+        dx2 += (tl.dot(dk2, wk, input_precision=PREC) + tl.dot(dv2, wv, input_precision=PREC)
+                + tl.dot(dq, _w(Wqkv, D, c0, DH, 0, D, D), input_precision=PREC))
+    tl.store(dx_buf + at0, dx0, mask=m2)
+    tl.store(dx_buf + at1, dx1, mask=m2)
+    tl.store(dx_buf + at2, dx2, mask=m2)
 
 
 @triton.jit
@@ -293,8 +316,8 @@ def unsupported(model: torch.nn.Module, inputs: Tensor, loss: str, members: int)
     if inputs.dim() != 2 or inputs.shape[1] != SEQ_LEN or not inputs.is_contiguous():
         return f"inputs of shape {tuple(inputs.shape)} (the kernels need {SEQ_LEN} tokens an example, contiguous)"
     d_head = cfg.d_model // cfg.n_heads
-    if cfg.d_model < 16 or cfg.d_model & (cfg.d_model - 1) or d_head & (d_head - 1):
-        return f"d_model = {cfg.d_model}, n_heads = {cfg.n_heads} (the kernels need powers of 2, d_model >= 16)"
+    if d_head < 16 or cfg.d_model & (cfg.d_model - 1) or d_head & (d_head - 1):
+        return f"d_model = {cfg.d_model}, n_heads = {cfg.n_heads} (the kernels need powers of 2, d_model / n_heads >= 16)"
     if cfg.d_mlp % MLP_CHUNK:
         return f"d_mlp = {cfg.d_mlp} (the kernels need a multiple of {MLP_CHUNK})"
     if model.unembed.out_features > 256:
@@ -313,8 +336,8 @@ class TransformerGradient:
     warps: the defaults are first choices for Nanda et al.'s sizes, not yet tuned on a GPU."""
 
     def __init__(self, model: torch.nn.Module, batch: int, device: torch.device, tf32: bool,
-                 splits: int = 8, block_rows: int = 32, tile: int = 64, k_tile: int = 32,
-                 rows_warps: int = 8, weights_warps: int = 4):
+                 splits: int = 8, block_rows: int = 16, tile: int = 64, k_tile: int = 32,
+                 rows_warps: int = 4, weights_warps: int = 4):
         cfg = model.cfg
         self.D, self.H, self.M = cfg.d_model, cfg.n_heads, cfg.d_mlp
         self.V = model.embed.num_embeddings
@@ -363,8 +386,9 @@ class TransformerGradient:
         _rows_kernel[(triton.cdiv(self.B, self.block_rows),)](
             inputs, targets, idx, share, self.B, *self._weights(flat.detach()), *buffers,
             self.C, 1 / math.sqrt(self.D // self.H),
-            D=self.D, H=self.H, M=self.M, MC=MLP_CHUNK, CP=self.CP, BB=self.block_rows,
+            D=self.D, H=self.H, M=self.M, MC=MLP_CHUNK, CP=self.CP, KC=min(32, self.D, self.CP), BB=self.block_rows,
             HAS_BIAS=self.has_bias, PREC=self.precision, num_warps=self.rows_warps,
+            num_stages=1,  # pipelining its loops' weight tiles would overflow shared memory
         )
         o = self.offsets
         _weights_kernel[(sum(self.tiles), self.splits)](
