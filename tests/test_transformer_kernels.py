@@ -129,3 +129,39 @@ def test_update_sums_gradient_parts_before_the_step():
     one._update(grad.sum(0), one.active)
     parts._update(grad, parts.active)
     assert torch.equal(one.flat, parts.flat)
+
+
+H100_SHARED_MEMORY = 232_448  # bytes a block may use on sm_90 (227 KB)
+
+
+def test_kernels_compile_for_an_h100_within_its_shared_memory():
+    """Compiled for sm_90 here, without a GPU (Triton's own ptxas): a kernel that needs more
+    shared memory than the SM has fails only at its first launch on the GPU."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from grokcore.models import transformer_kernels as kernels
+
+    config = gc.RunConfig(name="nanda", task=gc.AlgorithmicTask(op="x+y", p=113, train_fraction=0.3, op_token=False),
+                          model=gc.Transformer(n_layers=1, norm="none", mlp_bias=False, init="nanda"))
+    model = config.model.build(config.task.model_dims())
+    gradient = kernels.TransformerGradient(model, 3830, torch.device("cpu"), tf32=True)
+
+    scalars = {"B", "C", "V", "P_total", "chunk"}
+    def argument_type(name, meta):
+        if name in meta:
+            return "constexpr"
+        if name in scalars or name.startswith(("o_", "t_")):
+            return "i32"
+        if name == "scale":
+            return "fp32"
+        return "*i64" if name in ("inputs", "targets", "idx") else "*fp32"
+
+    for kernel, meta in [(kernels._rows_kernel, gradient.rows_meta), (kernels._weights_kernel, gradient.weights_meta)]:
+        options = {k: meta[k] for k in ("num_warps", "num_stages") if k in meta}
+        constants = {k: v for k, v in meta.items() if k not in options}
+        signature = {name: argument_type(name, constants) for name in kernel.arg_names}
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs=constants),
+                                  target=GPUTarget("cuda", 90, 32), options=options)
+        assert 0 < compiled.metadata.shared <= H100_SHARED_MEMORY, (kernel.__name__, compiled.metadata.shared)

@@ -333,7 +333,8 @@ class TransformerGradient:
 
     ``splits`` parts along the batch, ``block_rows`` examples a block of ``_rows_kernel``,
     ``tile`` x ``tile`` weight-gradient tiles over ``k_tile`` rows at a time, and the kernels'
-    warps: the defaults are first choices for Nanda et al.'s sizes, not yet tuned on a GPU."""
+    warps: the defaults are first choices for Nanda et al.'s sizes, not yet tuned on a GPU
+    (at them the kernels fit an H100's shared memory: tests/test_transformer_kernels.py)."""
 
     def __init__(self, model: torch.nn.Module, batch: int, device: torch.device, tf32: bool,
                  splits: int = 8, block_rows: int = 16, tile: int = 64, k_tile: int = 32,
@@ -345,9 +346,7 @@ class TransformerGradient:
         self.CP = max(16, triton.next_power_of_2(self.C))
         self.has_bias = cfg.mlp_bias
         self.B = batch
-        self.splits, self.block_rows, self.tile, self.k_tile = splits, block_rows, tile, k_tile
-        self.rows_warps, self.weights_warps = rows_warps, weights_warps
-        self.precision = "tf32" if tf32 else "ieee"
+        self.splits, self.block_rows = splits, block_rows
         names = [name for name, _ in model.named_parameters()]
         sizes = [p.numel() for _, p in model.named_parameters()]
         self.offsets = dict(zip(names, [sum(sizes[:i]) for i in range(len(sizes))]))
@@ -366,6 +365,18 @@ class TransformerGradient:
         tiles = lambda rows, cols: triton.cdiv(rows, tile) * triton.cdiv(cols, tile)  # noqa: E731
         self.tiles = (tiles(self.V + SEQ_LEN, D), tiles(3 * D, D), tiles(D, D), tiles(M, D), tiles(D, M), tiles(self.C, D))
         self.chunk = triton.cdiv(triton.cdiv(B, splits), k_tile) * k_tile  # batch rows a part
+        # The kernels' compile-time settings (and Triton's launch options), one place for the
+        # launches and for tests that compile them for a GPU the machine lacks.
+        precision = "tf32" if tf32 else "ieee"
+        self.rows_meta = dict(
+            D=D, H=self.H, M=M, MC=MLP_CHUNK, CP=self.CP, KC=min(32, D, self.CP), BB=block_rows,
+            HAS_BIAS=self.has_bias, PREC=precision, num_warps=rows_warps,
+            num_stages=1,  # pipelining its loops' weight tiles would overflow shared memory
+        )
+        self.weights_meta = dict(
+            D=D, M=M, CP=self.CP, RT=tile, NT=tile, KT=k_tile, HAS_BIAS=self.has_bias, PREC=precision,
+            num_warps=weights_warps,
+        )
 
     def _weights(self, flat: Tensor) -> list[Tensor]:
         row, o = flat[0], self.offsets
@@ -385,10 +396,7 @@ class TransformerGradient:
         buffers = (self.x, self.dqkv, self.dx, self.z, self.r, self.dr, self.h, self.dh, self.r2, self.dr2, self.g)
         _rows_kernel[(triton.cdiv(self.B, self.block_rows),)](
             inputs, targets, idx, share, self.B, *self._weights(flat.detach()), *buffers,
-            self.C, 1 / math.sqrt(self.D // self.H),
-            D=self.D, H=self.H, M=self.M, MC=MLP_CHUNK, CP=self.CP, KC=min(32, self.D, self.CP), BB=self.block_rows,
-            HAS_BIAS=self.has_bias, PREC=self.precision, num_warps=self.rows_warps,
-            num_stages=1,  # pipelining its loops' weight tiles would overflow shared memory
+            self.C, 1 / math.sqrt(self.D // self.H), **self.rows_meta,
         )
         o = self.offsets
         _weights_kernel[(sum(self.tiles), self.splits)](
@@ -396,7 +404,6 @@ class TransformerGradient:
             o["embed.weight"], o["blocks.0.attn.qkv.weight"], o["blocks.0.attn.out.weight"],
             o["blocks.0.mlp.inp.weight"], o.get("blocks.0.mlp.inp.bias", 0), o["blocks.0.mlp.out.weight"],
             o.get("blocks.0.mlp.out.bias", 0), o["unembed.weight"], *self.tiles[:-1], self.chunk,
-            D=self.D, M=self.M, CP=self.CP, RT=self.tile, NT=self.tile, KT=self.k_tile,
-            HAS_BIAS=self.has_bias, PREC=self.precision, num_warps=self.weights_warps,
+            **self.weights_meta,
         )
         return self.parts
