@@ -9,13 +9,11 @@ Cases, each measured on one GPU (one run of (a) in a second process, to time a f
 
 (a) Nanda et al. 2023's setting (p = 113, 30% of pairs, full batch, 1-layer transformer,
     AdamW lr 1e-3, weight decay 1): wall-clock seconds and steps until validation accuracy
-    reaches 99%; the "fused kernels" rows compute the step's gradient with two hand-written
-    Triton kernels (``fused_kernels=True``). The plain loop does what the progress-measures
-    trainer does every epoch: a training step, a test-set forward pass, and ``.item()`` on
-    both losses (on grokcore's network, and on the paper code's:
-    :class:`ProgressMeasuresTransformer`). Identical runs reach 99% at different steps, so the
-    warm, graphs-only, fused and plain rows are each the median of ``--repeats`` runs, and
-    their notes give the spread.
+    reaches 99%. The plain loop does what the progress-measures trainer does every epoch: a
+    training step, a test-set forward pass, and ``.item()`` on both losses (on grokcore's
+    network, and on the paper code's: :class:`ProgressMeasuresTransformer`). Identical runs
+    reach 99% at different steps, so the warm, graphs-only and plain rows are each the median
+    of ``--repeats`` runs, and their notes give the spread.
 (b) Power et al.'s x/y mod 97, batch 512 (2-layer transformer): steps per second. The plain
     loop is danielmamay/grokking's classic one: shuffled index batches each epoch, and a
     ``.item()`` per step for logging.
@@ -41,7 +39,6 @@ import platform
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -283,18 +280,6 @@ def nanda_seconds(root: Path, options: dict) -> tuple[float, int]:
     return seconds, int(gc.measures.first_step(run.history, "val_acc", 0.99).iloc[0])
 
 
-def unless_kernels_fail(measure):
-    """``measure()``, or None where the fused kernels fail on this GPU: the trainer would fall
-    back to autograd's gradient with a warning, and the row would time the wrong step."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message="the fused kernels failed")
-        try:
-            return measure()
-        except UserWarning as failure:
-            print(f"no fused-kernel row: {failure}", file=sys.stderr)
-            return None
-
-
 def median_run(runs: list[tuple[float, int]]) -> tuple[float, int]:
     """The run of median seconds (for an even count, the faster of the middle two)."""
     return sorted(runs)[(len(runs) - 1) // 2]
@@ -348,14 +333,10 @@ def main() -> None:
         ("grokcore", "compile cache warm", {"torch_compile": True}, args.repeats),
         ("grokcore, no compile", "CUDA graphs only", {"torch_compile": False}, args.repeats),
         ("grokcore, eager", "no compile, no graphs", {"torch_compile": False, "cuda_graphs": False}, 1),
-        ("grokcore, fused kernels", "compile cache warm", {"torch_compile": True, "fused_kernels": True}, args.repeats),
     ]
     seconds = []
     for i, (impl, note, options, repeats) in enumerate(variants):
-        runs = unless_kernels_fail(lambda: [nanda_seconds(root / f"run{i}-{r}", options) for r in range(repeats)])
-        if runs is None:
-            seconds.append((math.nan, 0))
-            continue
+        runs = [nanda_seconds(root / f"run{i}-{r}", options) for r in range(repeats)]
         seconds.append(median_run(runs))
         add(case, impl, "seconds to 99% val acc", seconds[-1][0], f"{seconds[-1][1]} steps; {note}{spread(runs)}")
         if i == 0:
@@ -379,16 +360,9 @@ def main() -> None:
     add(case, "ratio", "speed-up (plain s / ours s)", plain_s / seconds[2], "CUDA graphs only")
     add(case, "ratio", f"speed-up ({PAPER} s / ours s)", paper_s / seconds[1], "compile cache warm")
     add(case, "ratio", f"speed-up ({PAPER} s / ours s)", paper_s / seconds[2], "CUDA graphs only")
-    add(case, "ratio", "speed-up (plain s / ours s)", plain_s / seconds[4], "fused kernels")
-    add(case, "ratio", f"speed-up ({PAPER} s / ours s)", paper_s / seconds[4], "fused kernels")
     # The floor under the warm row: the compiled step alone (benchmarks/step_profile.py breaks it down).
     step_sps = grokcore_steps_per_s(nanda_config(stop_at=None), device, args.steps, torch_compile=True)
     add(case, "grokcore", "µs per step", 1e6 / step_sps, "compiled step alone, CUDA graph replays")
-    step_sps = unless_kernels_fail(
-        lambda: grokcore_steps_per_s(nanda_config(stop_at=None), device, args.steps, torch_compile=True, fused_kernels=True)
-    )
-    if step_sps is not None:
-        add(case, "grokcore, fused kernels", "µs per step", 1e6 / step_sps, "the same, the gradient by hand-written kernels")
     add(case, "plain", "µs per step", 1e6 * plain_s / plain_steps, "training step, test forward, 2 .item()")
     add(case, PAPER, "µs per step", 1e6 * paper_s / paper_steps, "the same, on the paper code's network")
 

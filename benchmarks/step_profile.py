@@ -92,7 +92,6 @@ def main() -> None:
     parser.add_argument("--case", choices=sorted(CASES), default="nanda", help="the configuration of speed.py's case (a) or (b)")
     parser.add_argument("--members", type=int, default=1, help="seeds trained as one ensemble")
     parser.add_argument("--no-compile", action="store_true", help="CUDA graphs of the uncompiled step (the default for short runs)")
-    parser.add_argument("--fused", action="store_true", help="the gradient by the hand-written kernels (fused_kernels=True)")
     parser.add_argument("--steps", type=int, default=1000, help="steps per timing")
     parser.add_argument("--repeats", type=int, default=3, help="timings")
     parser.add_argument("--profile-steps", type=int, default=20, help="steps under the profiler")
@@ -106,10 +105,9 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True  # as gc.train does by default
     config = CASES[args.case](seeds=args.members, stop_at=None)
     compiled = device.type == "cuda" and not args.no_compile
-    trainer = Trainer(config, device, torch_compile=compiled, fused_kernels=args.fused)
+    trainer = Trainer(config, device, torch_compile=compiled)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     mode = "compiled + CUDA graph" if compiled else ("CUDA graph" if device.type == "cuda" else "eager")
-    mode += ", fused kernels" if trainer.fused is not None else ""
     print(f"{args.case}, {args.members} member(s), {mode}, on {where}, torch {torch.__version__}")
 
     t0 = time.perf_counter()

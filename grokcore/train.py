@@ -294,12 +294,7 @@ class Preempted(Exception):
 
 class Trainer:
     def __init__(
-        self,
-        config: RunConfig,
-        device: torch.device,
-        cuda_graphs: bool = True,
-        torch_compile: bool | None = None,
-        fused_kernels: bool = False,
+        self, config: RunConfig, device: torch.device, cuda_graphs: bool = True, torch_compile: bool | None = None
     ):
         if not isinstance(config.optim, AdamW):
             raise TypeError(f"optim = {type(config.optim).__name__} is not supported by the trainer: use AdamW")
@@ -370,28 +365,6 @@ class Trainer:
             torch_compile = compile_pays_off(config.steps, K)
         self.compile_options = compile_options(K) if device.type == "cuda" else {}
         self._set_compiled(device.type == "cuda" and torch_compile)
-        self.fused = self._fused_gradient(fused_kernels, examples)
-
-    def _fused_gradient(self, wanted: bool, examples: int):
-        """The gradient as hand-written kernels (:mod:`grokcore.models.transformer_kernels`),
-        where they are asked for (``wanted``); they need a GPU and one network of their
-        architecture. None: autograd's gradient."""
-        if not isinstance(wanted, bool):
-            raise ConfigError(f"fused_kernels = {wanted!r} is not allowed: must be True or False")
-        if not wanted:
-            return None
-        if self.device.type != "cuda":
-            reason = f"device {self.device.type} (they need a CUDA GPU)"
-        else:
-            try:
-                from grokcore.models import transformer_kernels as kernels
-            except ImportError as error:  # a torch build without Triton
-                reason = f"Triton is missing ({error})"
-            else:
-                reason = kernels.unsupported(self.base, self.data.inputs, self.data.loss, len(self.members))
-        if reason is not None:
-            raise ConfigError(f"fused_kernels = True is not allowed for this run: {reason}")
-        return kernels.TransformerGradient(self.base, examples, self.device, tf32=torch.backends.cuda.matmul.allow_tf32)
 
     def _members_forward(self, K: int, chunk: int | None) -> tuple[Callable, Callable]:
         """Forwards of stacked networks, ``chunk`` at a time (None: all at once): given
@@ -502,9 +475,6 @@ class Trainer:
         if rows is not None and not len(rows):  # every member has stopped
             self.step_count += 1
             return
-        if self.fused is not None:  # one network: its gradient in parts, summed by the update
-            self._update_fn(self.fused(self.flat, self.data.inputs, self.data.targets, idx[0], share[0]), self.active)
-            return
         if rows is None:
             outputs, gradient = self._outputs_fn(self.flat, idx, share)
         else:  # only the members still training run forward and backward
@@ -514,10 +484,7 @@ class Trainer:
 
     def _update(self, grad: Tensor, active: Tensor) -> None:
         """The optimiser's update and the step count's, in one compiled function: counted
-        outside it, the count took a kernel of its own (1.6 µs of Nanda's step on an H100).
-        ``grad`` (K, P), or parts (S, K, P) to be summed first (the fused kernels')."""
-        if grad.dim() == 3:
-            grad = grad.sum(0)
+        outside it, the count took a kernel of its own (1.6 µs of Nanda's step on an H100)."""
         self.opt.step(grad, active)
         self.step_count += 1
 
@@ -549,16 +516,9 @@ class Trainer:
             try:
                 return self._step()
             except Exception as error:  # a torch version or platform whose compiler fails here
-                if self.fused is not None:
-                    warnings.warn(
-                        f"the fused kernels failed ({type(error).__name__}: {error}); computing the gradient with autograd",
-                        stacklevel=3,
-                    )
-                    self.fused = None
-                elif self.use_compile:
-                    self._compile_failed(error)
-                else:
+                if not self.use_compile:
                     raise
+                self._compile_failed(error)
 
     def train_step(self) -> None:
         """One update. On a GPU the step is captured once as a CUDA graph and replayed: a
@@ -693,7 +653,6 @@ def train(
     save_every_s: float = 120.0,
     cuda_graphs: bool = True,
     torch_compile: bool | None = None,
-    fused_kernels: bool = False,
     tf32: bool = True,
 ) -> Run:
     """Train ``config`` (or load it if finished, or resume it if unfinished) and return the run.
@@ -704,11 +663,8 @@ def train(
     ``torch_compile`` fuses the step's kernels (15-40 s of compiling with empty caches;
     None: where :func:`compile_pays_off`; the evaluations too where
     :func:`compile_metrics_pays_off`), ``cuda_graphs`` replays each step as one CUDA
-    graph, ``fused_kernels`` computes the gradient of a one-layer transformer of Nanda et
-    al.'s kind with two hand-written kernels (:mod:`grokcore.models.transformer_kernels`;
-    off unless asked for), and ``tf32`` lets matrix products use TF32 (about 1e-3 relative
-    error per product; these runs do not need exact float32). None of them is part of the
-    config's hash.
+    graph, and ``tf32`` lets matrix products use TF32 (about 1e-3 relative error per product;
+    these runs do not need exact float32). None of them is part of the config's hash.
     """
     if until is not None and (isinstance(until, bool) or not isinstance(until, numbers.Integral) or until < 0):
         raise ConfigError(f"until = {until!r} is not allowed: must be a whole number of steps >= 0, or None")
@@ -721,9 +677,7 @@ def train(
     try:
         with exclusive(path):
             if not (path / "DONE").exists():  # another process may have finished it since our first look
-                trainer = Trainer(
-                    config, dev, cuda_graphs=cuda_graphs, torch_compile=torch_compile, fused_kernels=fused_kernels
-                )
+                trainer = Trainer(config, dev, cuda_graphs=cuda_graphs, torch_compile=torch_compile)
                 _fit(trainer, path, until=until, progress=_progress_mode(progress), save_every_s=save_every_s)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous_tf32
