@@ -59,6 +59,21 @@ def _runs_table(frame, markdown: bool) -> str:
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header, *lines])
 
 
+def _negative_values_kept(argv: list[str]) -> list[str]:
+    """``-p NAME VALUE`` with a negative number for VALUE: argparse takes ``-1e-3`` or ``-0.5``
+    for an option (it knows only plain negative numbers) and stops with "expected 2 arguments".
+    After ``-p NAME`` it can only be the value, so it gets a leading space, which YAML ignores."""
+    argv = list(argv)
+    for i in range(len(argv) - 2):
+        if argv[i] in ("-p", "--parameter") and argv[i + 2].startswith("-"):
+            try:
+                float(argv[i + 2])
+            except ValueError:
+                continue
+            argv[i + 2] = " " + argv[i + 2]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     examples = [line.strip() for line in __doc__.split("Examples::")[1].strip().splitlines()]
     parser = argparse.ArgumentParser(
@@ -96,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     runs_p.add_argument("--root", type=Path, help="the run store (default: $GROKCORE_RUNS, else runs/ beside _toc.yml)")
     runs_p.add_argument("--markdown", action="store_true", help="print a Markdown table (e.g. for a summary page)")
 
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_negative_values_kept(sys.argv[1:] if argv is None else argv))
     if args.command == "book" and args.action == "build" and args.only:
         book_p.error("--only selects the notebooks to execute (book run or book all); book build builds every page")
     if args.command == "runs":
@@ -125,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         try:
             pairs = args.parameter or []
-            overrides = {name: book.parameter_values(text, f"-p {name} {text!r}") for name, text in pairs}
+            overrides = {name: book.parameter_values(text, f"-p {name} {text.lstrip()!r}") for name, text in pairs}
         except book.BookError as e:
             run_p.error(str(e))
         # papermill reports each cell and its output as it runs through logging, which says

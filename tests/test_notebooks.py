@@ -105,6 +105,9 @@ def test_cli_finds_the_notebooks_repository_from_anywhere(tmp_path, monkeypatch)
     # YAML 1.1 reads 1e-3 (no dot) as a string; on the command line it is the number, unless quoted.
     main(["run", str(nb), "-p", "lr", "1e-3", "-p", "fractions", "[0.5, 1e-1]", "-p", "op", "x/y", "-p", "name", '"2e3"'])
     assert calls[-1][2:] == ("cpu", {"lr": 0.001, "fractions": [0.5, 0.1], "op": "x/y", "name": "2e3"})
+    # A negative number is the value, not an option (argparse alone reads -1e-3 as an option).
+    main(["run", str(nb), "-p", "lr", "-1e-3", "-p", "seeds", "-2", "--parameter", "wd", "-0.5"])
+    assert calls[-1][2:] == ("cpu", {"lr": -0.001, "seeds": -2, "wd": -0.5})
 
 
 def test_cli_exit_status_says_whether_every_notebook_ran(monkeypatch, capsys):
