@@ -60,7 +60,7 @@ def _runs_table(frame, markdown: bool) -> str:
 
 
 def _negative_values_kept(argv: list[str]) -> list[str]:
-    """``-p NAME VALUE`` with a negative number for VALUE: argparse takes ``-1e-3`` or ``-0.5``
+    """``-p NAME VALUE`` with a negative number for VALUE: argparse takes ``-1e-3`` or ``-.5``
     for an option (it knows only plain negative numbers) and stops with "expected 2 arguments".
     After ``-p NAME`` it can only be the value, so it gets a leading space, which YAML ignores."""
     argv = list(argv)

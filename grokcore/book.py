@@ -95,12 +95,14 @@ def select(root: Path, only: list[str] | None = None) -> list[Path]:
 
 
 class _ParameterLoader(yaml.SafeLoader):
-    """YAML as papermill's -y reads it, except that 1e-3 is a number, as in YAML 1.2 (1.1
-    wants a dot: 1.0e-3); quoted, "1e-3" stays a string."""
+    """YAML as papermill's -y reads it, except that 1e-3 and -.5 are numbers, as in YAML 1.2
+    (1.1 wants 1.0e-3, and takes .5 but not -.5); quoted, "1e-3" stays a string."""
 
 
 _ParameterLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?([0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+|\.[0-9][0-9_]*([eE][-+]?[0-9]+)?)$"),
+    list("-+.0123456789"),
 )
 
 

@@ -106,7 +106,7 @@ def test_cli_finds_the_notebooks_repository_from_anywhere(tmp_path, monkeypatch)
     main(["run", str(nb), "-p", "lr", "1e-3", "-p", "fractions", "[0.5, 1e-1]", "-p", "op", "x/y", "-p", "name", '"2e3"'])
     assert calls[-1][2:] == ("cpu", {"lr": 0.001, "fractions": [0.5, 0.1], "op": "x/y", "name": "2e3"})
     # A negative number is the value, not an option (argparse alone reads -1e-3 as an option).
-    main(["run", str(nb), "-p", "lr", "-1e-3", "-p", "seeds", "-2", "--parameter", "wd", "-0.5"])
+    main(["run", str(nb), "-p", "lr", "-1e-3", "-p", "seeds", "-2", "--parameter", "wd", "-.5"])
     assert calls[-1][2:] == ("cpu", {"lr": -0.001, "seeds": -2, "wd": -0.5})
 
 
@@ -282,10 +282,12 @@ def test_a_relative_run_store_is_taken_from_where_the_command_runs(tmp_path, mon
 
 
 def test_preset_files_read_numbers_as_the_command_line_does(tmp_path):
-    """YAML 1.1 reads 1e-3 (no dot) as a string; as on the command line, it is the number."""
-    demo_book(tmp_path, {"demo": "pass"}, preset="steps: 6.0e+3\nlr: 1e-3\nname: '2e3'\n", params="steps = 10\nlr = 0.1\nname = 'a'")
+    """YAML 1.1 reads 1e-3 (no dot) and -.5 (a sign before the dot) as strings; as on the
+    command line, they are numbers."""
+    preset = "steps: 6.0e+3\nlr: 1e-3\nname: '2e3'\nshift: -.5\n"
+    demo_book(tmp_path, {"demo": "pass"}, preset=preset, params="steps = 10\nlr = 0.1\nname = 'a'\nshift = 0.0")
     values = book.preset_parameters(tmp_path, tmp_path / "book/demo/demo.ipynb", "ci")
-    assert values == {"steps": 6000, "lr": 0.001, "name": "2e3"}
+    assert values == {"steps": 6000, "lr": 0.001, "name": "2e3", "shift": -0.5}
     assert type(values["steps"]) is int and type(values["lr"]) is float
 
 
