@@ -79,8 +79,9 @@ def curves(history: pd.DataFrame, quantity: str = "acc", ax=None, threshold: flo
             step = steps.fillna(np.inf).median()
             if np.isfinite(step):
                 reached = "" if steps.notna().all() else f" ({steps.notna().sum()} of {len(steps)})"
+                median = "median " if len(steps) > 1 else ""  # a step that no member may have hit
                 ax.axvline(step, color=color, lw=1.2, ls="--")
-                ax.annotate(f"{split} {threshold:.0%}\nstep {step:,.0f}{reached}", (step, 0.5), xytext=(4, 0),
+                ax.annotate(f"{split} {threshold:.0%}\n{median}step {step:,.0f}{reached}", (step, 0.5), xytext=(4, 0),
                             textcoords="offset points", color=color, fontsize=8, va="center")
     ax.set_ylabel({"acc": "accuracy", "loss": "loss"}.get(quantity, quantity))
     ax.legend(title=None, loc="best")

@@ -134,7 +134,12 @@ def test_the_median_step_counts_members_that_never_got_there(reached, line, labe
         return
     assert len(red) == 1 and red[0].get_xdata()[0] == line
     text = next(t.get_text() for t in ax.texts if t.get_text().startswith("val"))
-    assert text.endswith(f"step {line}{' ' + label if label else ''}")
+    assert text.endswith(f"median step {line}{' ' + label if label else ''}")
+
+
+def test_one_members_step_is_not_called_a_median():
+    ax = curves(grokking_history({0: 200}), ax=plt.figure().gca())
+    assert next(t.get_text() for t in ax.texts if t.get_text().startswith("val")) == "val 99%\nstep 200"
 
 
 def test_a_band_over_a_sweep_is_over_members_and_over_seeds_only_for_seeds():
