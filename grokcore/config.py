@@ -119,6 +119,24 @@ def _type_name(tp) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "True/False"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+class FrozenDict(dict):
+    """A dict that cannot be changed once made, and hashes by its items: a config's ``sweep`` and
+    ``groups``. A config is frozen and named by the hash of its contents; a dict inside it that
+    could still change would change a run's settings behind that name, and ``replace`` would
+    share it between configs. A plain dict otherwise (JSON, ``==``, ``isinstance``)."""
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("a config's sweep and groups cannot be changed: make a new config with .replace(...)")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only
+
+    def __hash__(self):
+        return hash(tuple(sorted(self.items())))
+
+    def __reduce__(self):  # pickle and copy: rebuilt whole, not item by item
+        return type(self), (dict(self),)
+
+
 def as_list(value) -> list | None:
     """``value`` as a list if it is a list, tuple, range or 1-D NumPy array, else None.
 
@@ -331,8 +349,8 @@ class AdamW(Spec):
                     f"groups keys {a!r} and {b!r} are not allowed together: they share parameters; name disjoint modules"
                 )
         # Kept as floats (1 -> 1.0), so that equal groups hash alike, as sweeps do.
-        groups = {prefix: {key: float(value) for key, value in overrides.items()} for prefix, overrides in self.groups.items()}
-        object.__setattr__(self, "groups", groups)
+        groups = {prefix: FrozenDict({key: float(value) for key, value in overrides.items()}) for prefix, overrides in self.groups.items()}
+        object.__setattr__(self, "groups", FrozenDict(groups))
         if len(self.betas) != 2:
             raise ConfigError(f"betas = {self.betas!r} is not allowed: must be two numbers in [0, 1)")
         for b in self.betas:
@@ -434,7 +452,7 @@ class RunConfig(Spec):
         for key, values in sorted(sweep.items()):
             section = getattr(self, SWEEPABLE[key])
             normalised[key] = tuple(getattr(section.replace(**{key: v}), key) for v in values)
-        object.__setattr__(self, "sweep", normalised)
+        object.__setattr__(self, "sweep", FrozenDict(normalised))
 
     # -- members ------------------------------------------------------------------------
     def members(self) -> list[dict]:

@@ -138,3 +138,33 @@ def test_parameter_groups_take_numpy_numbers_as_floats():
     assert all(type(v) is float for v in optim.groups["embed"].values())
     with pytest.raises(gc.ConfigError, match=r"^groups\['embed'\]\['lr'\] = .* is not allowed"):
         gc.AdamW(groups={"embed": {"lr": np.float32("nan")}})
+
+
+def test_a_config_cannot_be_changed_behind_its_hash():
+    """A config is frozen and named by its hash, its sweep and groups too: editing them in a
+    copy made by replace() must neither pass unchecked nor change the original (variants built
+    in a loop would collapse into one run). Equal configs hash equal, so they can key a dict,
+    and a config survives pickling (SLURM jobs, worker processes) whole."""
+    import copy
+    import pickle
+
+    a = config(optim=gc.AdamW(groups={"embed": {"lr": 1e-3}}), sweep={"lr": [1e-3, 1e-2]})
+    name = a.run_name
+    b = a.replace(name="other")
+    edits = [
+        lambda: b.optim.groups["embed"].update(lr=-1.0),
+        lambda: b.optim.groups.__setitem__("blocks", {"lr": 1.0}),
+        lambda: b.sweep.__setitem__("lr", (0.1,)),
+        lambda: b.sweep.pop("lr"),
+        lambda: b.sweep.clear(),
+    ]
+    for edit in edits:
+        with pytest.raises(TypeError, match="cannot be changed: make a new config with .replace"):
+            edit()
+    assert a.run_name == name and a.optim.groups == {"embed": {"lr": 1e-3}} and a.sweep == {"lr": (1e-3, 1e-2)}
+    same = config(optim=gc.AdamW(groups={"embed": {"lr": 0.001}}), sweep={"lr": (0.001, 0.01)})
+    assert {a: "run"}[same] == "run"
+    for twin in (pickle.loads(pickle.dumps(a)), copy.deepcopy(a)):
+        assert twin == a and twin.run_name == name
+        with pytest.raises(TypeError):
+            twin.sweep["lr"] = (0.1,)
