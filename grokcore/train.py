@@ -203,9 +203,10 @@ def keep_freed_heap() -> bool:
 
 
 def log_steps(steps: int, n: int) -> list[int]:
-    """About ``n`` integer steps in [0, steps], log-spaced (so dense early), with 0 and steps."""
-    if n <= 0:
-        return []
+    """At most ``n`` integer steps in [0, steps], log-spaced (so dense early): ``steps`` itself,
+    0 from n = 2 on, and 1 from n = 3 on."""
+    if n <= 2:
+        return [0, steps][2 - max(n, 0):]
     points = np.unique(np.round(np.geomspace(1, steps, num=max(n - 1, 1))).astype(int))
     return sorted({0, steps, *points.tolist()})
 

@@ -395,6 +395,18 @@ def test_schedules_are_log_spaced_and_dense_early():
     assert max(ratios) / min(ratios) < 1.5
 
 
+def test_a_schedule_of_n_points_has_at_most_n():
+    """checkpoints=1 keeps the trained network alone, 2 the initial one too (as the Gromov test
+    wants), not a third at step 1."""
+    assert log_steps(1000, 0) == [] and log_steps(1000, 1) == [1000] and log_steps(1000, 2) == [0, 1000]
+    assert log_steps(1000, 3) == [0, 1, 1000]
+    for steps in (1, 2, 7, 1000, 100_000):
+        for n in range(1, 40):
+            points = log_steps(steps, n)
+            assert len(points) <= n and points == sorted(set(points)) and points[-1] == steps
+            assert (0 in points) == (n >= 2)
+
+
 def test_checkpoints_are_evaluations_nearest_to_log_spaced_steps():
     """Every checkpoint has metrics (it is an evaluation step): for each log-spaced target, the
     evaluation nearest to it on a log scale, plus every ``checkpoint_every`` steps."""
