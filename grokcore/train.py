@@ -659,8 +659,9 @@ def train(
     """Train ``config`` (or load it if finished, or resume it if unfinished) and return the run.
 
     ``until`` stops after that many steps without finishing the run (a later call resumes).
-    A KeyboardInterrupt or SIGTERM saves the state first, so nothing is lost; a crash that
-    gives no warning (kill -9, a lost node) loses at most ``save_every_s`` seconds. On a GPU,
+    A KeyboardInterrupt or SIGTERM saves the state first, at the end of the step under way, so
+    nothing is lost; a second Ctrl-C stops at once (a long first step: compiling), and it, or a
+    crash that gives no warning (kill -9, a lost node), loses at most ``save_every_s`` seconds. On a GPU,
     ``torch_compile`` fuses the step's kernels (15-40 s of compiling with empty caches;
     None: where :func:`compile_pays_off`; the evaluations too where
     :func:`compile_metrics_pays_off`), ``cuda_graphs`` replays each step as one CUDA
@@ -735,12 +736,21 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: str, save
         bar = tqdm(total=config.steps, initial=start_step, desc=config.run_name, unit="step", leave=False)
 
     # Signals only raise a flag; the loop saves and stops at the next step boundary, so a
-    # saved state is never torn half-way through an update.
+    # saved state is never torn half-way through an update. A step can take long (the first
+    # one compiles for up to a minute), so a second Ctrl-C stops at once, saving nothing.
     requested: list[type[BaseException]] = []
+
+    def on_signal(signum, frame, exc):
+        if exc is KeyboardInterrupt and KeyboardInterrupt in requested:
+            raise KeyboardInterrupt(f"stopped at once by a second Ctrl-C; the last saved state is in {path}")
+        if exc is KeyboardInterrupt:  # os.write: print() could re-enter a write that this signal interrupted
+            os.write(2, b"\nStopping after this step, to save the run; Ctrl-C again stops at once.\n")
+        requested.append(exc)
+
     handlers = {}
     if _in_main_thread():
         for sig, exc in ((signal.SIGTERM, Preempted), (signal.SIGINT, KeyboardInterrupt)):
-            handlers[sig] = signal.signal(sig, lambda signum, frame, exc=exc: requested.append(exc))
+            handlers[sig] = signal.signal(sig, functools.partial(on_signal, exc=exc))
 
     try:
         step = start_step

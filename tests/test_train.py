@@ -518,6 +518,40 @@ def test_resume_equals_uninterrupted_run(tmp_path, until):
     assert whole[columns].equals(resumed[columns])
 
 
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_saves_after_the_step_and_a_second_stops_at_once(tmp_path, monkeypatch, capfd, presses):
+    """One Ctrl-C (here in the middle of step 23) lets the step finish and saves the state; a
+    second, while that step still runs (a long compile), stops at once and saves nothing, so the
+    state on disk is the last periodic save. Either way a resumed run equals an uninterrupted one."""
+    import signal
+
+    from grokcore.train import Trainer
+
+    config = small_config(steps=40, eval_points=12)
+    whole = gc.train(config, root=tmp_path / "a", progress=False).history
+    step_once = Trainer.train_step
+    calls = []
+
+    def step_with_ctrl_c(self):
+        calls.append(1)
+        if len(calls) == 24:  # step 23 of a run from 0
+            for _ in range(presses):
+                os.kill(os.getpid(), signal.SIGINT)
+        return step_once(self)
+
+    monkeypatch.setattr(Trainer, "train_step", step_with_ctrl_c)
+    message = "stopped at step 24; state saved" if presses == 1 else "stopped at once by a second Ctrl-C"
+    with pytest.raises(KeyboardInterrupt, match=message):
+        gc.train(config, root=tmp_path / "b", progress=False, save_every_s=1e9)
+    assert "Ctrl-C again stops at once" in capfd.readouterr().err
+    state = tmp_path / "b" / config.run_name / "state.pt"
+    assert state.exists() == (presses == 1)  # no periodic save in this short run
+    monkeypatch.setattr(Trainer, "train_step", step_once)
+    resumed = gc.train(config, root=tmp_path / "b", progress=False).history
+    columns = [c for c in whole.columns if c != "wall_time"]
+    assert whole[columns].equals(resumed[columns])
+
+
 def test_checkpoints_restore_the_network(tmp_path):
     config = small_config()
     run = gc.train(config, root=tmp_path, progress=False)
