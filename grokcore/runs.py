@@ -57,6 +57,15 @@ def run_path(config: RunConfig, root: Path | None = None) -> Path:
 
 
 def _umask() -> int:
+    """The process's umask, read from /proc on Linux: the portable way, setting it to read
+    it, leaves it 0 for an instant, in which another thread's new files are world-writable."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
