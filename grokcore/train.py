@@ -641,7 +641,11 @@ def _progress_mode(progress: bool | None) -> str:
     ``progress`` decides where given; else ``GROKCORE_PROGRESS`` (0, 1 or log; default 1)."""
     if progress is not None:
         return "bar" if progress else "off"
-    return {"0": "off", "log": "log"}.get(os.environ.get("GROKCORE_PROGRESS", "1"), "bar")
+    modes = {"0": "off", "1": "bar", "log": "log"}
+    value = os.environ.get("GROKCORE_PROGRESS", "1")
+    if value not in modes:
+        raise ConfigError(f"GROKCORE_PROGRESS = {value!r} is not allowed: must be 0 (none), 1 (bars) or log (lines)")
+    return modes[value]
 
 
 def train(
@@ -670,6 +674,7 @@ def train(
     """
     if until is not None and (isinstance(until, bool) or not isinstance(until, numbers.Integral) or until < 0):
         raise ConfigError(f"until = {until!r} is not allowed: must be a whole number of steps >= 0, or None")
+    mode = _progress_mode(progress)
     dev = resolve_device(device)
     path = run_path(config, root)
     if (path / "DONE").exists():
@@ -680,7 +685,7 @@ def train(
         with exclusive(path):
             if not (path / "DONE").exists():  # another process may have finished it since our first look
                 trainer = Trainer(config, dev, cuda_graphs=cuda_graphs, torch_compile=torch_compile)
-                _fit(trainer, path, until=until, progress=_progress_mode(progress), save_every_s=save_every_s)
+                _fit(trainer, path, until=until, progress=mode, save_every_s=save_every_s)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous_tf32
     return Run(path)

@@ -504,6 +504,17 @@ def test_train_refuses_bad_arguments_before_any_work(tmp_path, arguments, messag
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("value", ["yes", "true", "", "LOG"])
+def test_an_unknown_progress_setting_is_refused_before_any_work(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("GROKCORE_PROGRESS", value)
+    with pytest.raises(gc.ConfigError, match=r"^GROKCORE_PROGRESS = .* is not allowed: must be 0 \(none\), 1 \(bars\) or log"):
+        gc.train(small_config(), root=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    for allowed in ("0", "1", "log"):
+        monkeypatch.setenv("GROKCORE_PROGRESS", allowed)
+        gc.train(small_config(steps=2), root=tmp_path)
+
+
 @pytest.mark.parametrize("until", [17, 19])  # between evaluations, and at one
 def test_resume_equals_uninterrupted_run(tmp_path, until):
     config = small_config(batch_size=16, steps=40, eval_points=12, seeds=2)
