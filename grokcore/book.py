@@ -272,11 +272,14 @@ def execute(
     overrides: dict | None = None,
     log_output: bool = False,
     params: dict | None = None,
+    progress_lines: bool | None = None,
 ) -> Failure | None:
     """Run one notebook at ``preset``; return what failed, or None. Raises Terminated (SIGTERM)
     or KeyboardInterrupt (Ctrl-C), after the kernel has saved its run, if one arrives meanwhile.
 
-    ``params``: the notebook's values from ``preset_parameters``, where the caller has them already."""
+    ``params``: the notebook's values from ``preset_parameters``, where the caller has them already.
+    ``log_output``: stream the cells' output to this command's stdout. ``progress_lines``
+    (default: ``log_output``): training's progress lines, one a minute at most, on its stderr."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -290,10 +293,11 @@ def execute(
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(f".{os.getpid()}.partial.ipynb")  # papermill writes it cell by cell
     # The kernel inherits these: one run store for the whole book (absolute: the kernel runs in
-    # the notebook's folder); no per-step bars in pages (with log_output, a progress line now
-    # and then on this command's stderr instead).
+    # the notebook's folder); no per-step bars in pages (a progress line now and then on this
+    # command's stderr instead, or nothing).
     os.environ["GROKCORE_RUNS"] = str(runs.runs_root(root))
-    os.environ.setdefault("GROKCORE_PROGRESS", "log" if log_output else "0")
+    lines = log_output if progress_lines is None else progress_lines
+    os.environ.setdefault("GROKCORE_PROGRESS", "log" if lines else "0")
     failure = None
     with forward_signals() as stopped:
         try:
@@ -362,7 +366,8 @@ def run_book(preset: str, root: Path | None = None, only: list[str] | None = Non
     for nb in bar:
         bar.set_postfix_str(str(nb.relative_to(root)))
         t0 = time.perf_counter()
-        failure = execute(root, nb, preset, params=params[nb])
+        # A paper-preset notebook can train for hours: a line a minute shows it is alive.
+        failure = execute(root, nb, preset, params=params[nb], progress_lines=True)
         status = "FAILED" if failure else "ok"
         bar.write(f"{status:6s} {nb.relative_to(root)} ({time.perf_counter() - t0:.0f} s)")
         if failure:
@@ -423,11 +428,19 @@ def build_html(preset: str, root: Path | None = None) -> Path:
         )
     cli = "from jupyter_book.cli.main import main; main()"  # jupyter-book 1.x has no __main__
     cmd = [sys.executable, "-c", cli, "build", str(stage), "--builder", "html"]
-    done = subprocess.run(cmd, cwd=root)
-    if done.returncode:
-        raise BookError(f"jupyter-book build failed (exit {done.returncode})")
     target = root / "_build" / ("html" if preset == "cpu" else f"html-{preset}")
+    # jupyter-book ends by naming where it built the pages; they are moved to target below,
+    # so its lines name target instead (the absolute path first: it holds the relative one).
+    built = stage / "_build" / "html"
+    moved = [(str(built), str(target)), (str(built.relative_to(root)), str(target.relative_to(root)))]
+    with subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, text=True, bufsize=1) as build:
+        for line in build.stdout:
+            for old, new in moved:
+                line = line.replace(old, new)
+            sys.stdout.write(line)
+    if build.returncode:
+        raise BookError(f"jupyter-book build failed (exit {build.returncode})")
     if target.exists():
         shutil.rmtree(target)
-    shutil.move(str(stage / "_build" / "html"), target)
+    shutil.move(str(built), target)
     return target / "index.html"

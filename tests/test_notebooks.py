@@ -257,6 +257,18 @@ def test_book_runner_reports_a_failing_notebook_and_goes_on(tmp_path):
     assert executed["broken"].exists() and not book.failed_path(executed["broken"]).exists()
 
 
+def test_the_book_runner_gives_its_kernels_progress_lines(tmp_path, monkeypatch):
+    """`book run` shows a bar over notebooks, and a paper-preset notebook can train for hours
+    under it: its kernels write a progress line now and then (GROKCORE_PROGRESS=log) on the
+    command's stderr, where a single notebook's execute keeps them quiet unless it logs."""
+    monkeypatch.setenv("GROKCORE_PROGRESS", "")  # recorded, so that the test leaves it as it was
+    monkeypatch.delenv("GROKCORE_PROGRESS")
+    demo_book(tmp_path, {"env": "import os\nprint(os.environ['GROKCORE_PROGRESS'])"})
+    assert book.run_book("ci", root=tmp_path) == []
+    executed = json.loads(book.executed_path(tmp_path, tmp_path / "book/demo/env.ipynb", "ci").read_text())
+    assert "".join(executed["cells"][-1]["outputs"][0]["text"]).strip() == "log"
+
+
 def test_notebooks_share_one_run_store_beside_the_book_by_default(tmp_path, monkeypatch):
     """Without GROKCORE_RUNS, every notebook's kernel trains into runs/ beside _toc.yml, so
     two notebooks that train the same config share one run."""
@@ -428,6 +440,18 @@ def test_book_checks_for_jupyter_book_before_executing_a_notebook(monkeypatch, c
         assert main(["book", action, "--preset", "ci"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "jupyter-book" in err and 'pip install -e ".[book]"' in err, err
+
+
+def test_the_build_names_where_the_pages_end_up(tmp_path, capfd):
+    """jupyter-book builds in a staging folder and says so at the end; the pages are then moved,
+    so every path it prints must be the one they are moved to."""
+    demo_book(tmp_path, {"fine": "y = x + 1"})
+    (tmp_path / "_config.yml").write_text('title: demo\nexecute:\n  execute_notebooks: "off"\n')
+    index = book.build_html("ci", root=tmp_path)
+    assert index == tmp_path / "_build" / "html-ci" / "index.html" and index.exists()
+    out = capfd.readouterr().out
+    assert "_build/html-ci/index.html" in out and f"file://{index}" in out, out
+    assert "stage/ci/_build/html" not in out, out  # the staging folder's own name may appear
 
 
 def test_a_failed_html_build_is_an_error_line_after_the_notebooks_failures(tmp_path, monkeypatch, capsys):
