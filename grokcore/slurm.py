@@ -80,7 +80,7 @@ def submit(
         raise SlurmError("the book lists no notebook in _toc.yml: nothing to submit")
     book.book_parameters(root, todo, preset)  # here, not on a GPU node after the queue's wait
     if not dry_run and shutil.which("sbatch") is None:
-        raise SlurmError("sbatch is not on PATH: run this on a SLURM login node, or add --dry-run to only write the script")
+        raise SlurmError("sbatch is not on PATH: run this on a SLURM login node, or add --dry-run to only write the scripts")
 
     out = root / "_build" / "slurm"
     logs = out / "logs"
