@@ -205,9 +205,13 @@ def keep_freed_heap() -> bool:
 def log_steps(steps: int, n: int) -> list[int]:
     """At most ``n`` integer steps in [0, steps], log-spaced (so dense early): ``steps`` itself,
     0 from n = 2 on, and 1 from n = 3 on."""
-    if n <= 2:
-        return [0, steps][2 - max(n, 0):]
-    points = np.unique(np.round(np.geomspace(1, steps, num=max(n - 1, 1))).astype(int))
+    if n <= 0:
+        return []
+    if n == 1:
+        return [steps]
+    if n == 2:
+        return [0, steps]
+    points = np.unique(np.round(np.geomspace(1, steps, num=n - 1)).astype(int))
     return sorted({0, steps, *points.tolist()})
 
 
@@ -747,7 +751,7 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: str, save
 
     def on_signal(signum, frame, exc):
         if exc is KeyboardInterrupt and KeyboardInterrupt in requested:
-            raise KeyboardInterrupt(f"stopped at once by a second Ctrl-C; the last saved state is in {path}")
+            raise KeyboardInterrupt(f"stopped at once by a second Ctrl-C, without saving: the run resumes from its last saved state in {path}, if any")
         if exc is KeyboardInterrupt:  # os.write: print() could re-enter a write that this signal interrupted
             os.write(2, b"\nStopping after this step, to save the run; Ctrl-C again stops at once.\n")
         requested.append(exc)
