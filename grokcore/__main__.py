@@ -22,6 +22,20 @@ from pathlib import Path
 from grokcore import book, runs, slurm
 
 
+def _warn_if_no_gpu(preset: str) -> None:
+    """The paper preset is sized for a GPU: on a CPU its notebooks run for hours or days. Say
+    so before they start, and go on (a user may mean it)."""
+    if preset == "paper":
+        import torch
+
+        if not torch.cuda.is_available():
+            print(
+                "warning: preset 'paper' is sized for a GPU, and torch finds none here: its notebooks "
+                "will take hours or days (the cpu preset takes minutes)",
+                file=sys.stderr,
+            )
+
+
 def _stopped(why: str, signum: int) -> int:
     print(f"stopped by {why}; a run that was training saved its state: the same command resumes it", file=sys.stderr)
     return 128 + signum
@@ -150,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         if not papermill_log.handlers:
             papermill_log.addHandler(logging.StreamHandler(sys.stdout))
             papermill_log.propagate = False  # a handler on the root logger would print it twice
+        _warn_if_no_gpu(args.preset)
         t0 = time.perf_counter()
         try:
             failure = book.execute(root, nb, args.preset, overrides, log_output=True)
@@ -180,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     failures: list[book.Failure] = []
     if args.action in ("run", "all"):
+        _warn_if_no_gpu(args.preset)
         t0 = time.perf_counter()
         try:
             failures = book.run_book(args.preset, root, args.only)

@@ -136,6 +136,24 @@ def test_cli_exit_status_says_whether_every_notebook_ran(monkeypatch, capsys):
     assert main(["book", "run", "--preset", "ci"]) == 0
 
 
+@pytest.mark.parametrize("gpu", [False, True])
+def test_the_paper_preset_warns_before_it_starts_on_a_machine_without_a_gpu(monkeypatch, capsys, gpu):
+    import torch
+
+    from grokcore.__main__ import main
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(book, "execute", lambda *a, **k: None)
+    monkeypatch.setattr(book, "run_book", lambda *a, **k: [])
+    warning = "warning: preset 'paper' is sized for a GPU, and torch finds none here"
+    for argv in (["run", str(ROOT / "book/power2022/grokking.ipynb"), "--preset", "paper"], ["book", "run", "--preset", "paper"]):
+        assert main(argv) == 0
+        assert (warning in capsys.readouterr().err) == (not gpu)
+    assert main(["book", "run", "--preset", "cpu"]) == 0
+    assert warning not in capsys.readouterr().err
+
+
 def test_cli_refuses_what_it_cannot_run_in_one_line(tmp_path, monkeypatch, capsys):
     from grokcore.__main__ import main
 
