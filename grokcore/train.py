@@ -21,6 +21,7 @@ apart from their last bits on.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
 import functools
@@ -752,9 +753,10 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: str, save
     def on_signal(signum, frame, exc):
         if exc is KeyboardInterrupt and KeyboardInterrupt in requested:
             raise KeyboardInterrupt(f"stopped at once by a second Ctrl-C, without saving: the run resumes from its last saved state in {path}, if any")
-        if exc is KeyboardInterrupt:  # os.write: print() could re-enter a write that this signal interrupted
-            os.write(2, b"\nStopping after this step, to save the run; Ctrl-C again stops at once.\n")
         requested.append(exc)
+        if exc is KeyboardInterrupt:  # os.write: print() could re-enter a write that this signal interrupted
+            with contextlib.suppress(OSError):  # no stderr (a daemon): the stop goes on regardless
+                os.write(2, b"\nStopping after this step, to save the run; Ctrl-C again stops at once.\n")
 
     handlers = {}
     if _in_main_thread():
