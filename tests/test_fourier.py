@@ -280,6 +280,38 @@ def test_all_pairs_are_the_task_inputs(op_token):
         assert torch.equal(fourier.pair_logits(model, p, op_token), model(inputs)[:, :p])
 
 
+def test_restricted_and_excluded_loss_match_a_least_squares_fit():
+    """Independently of the projection the code uses: fit each class's logits over all pairs by
+    least squares on a constant and cos, sin(w_k (a + b)) for every key frequency. The fit is
+    the restricted logits; the logits minus the fit, plus the constant, are the excluded ones."""
+    torch.manual_seed(1)
+    p, freqs = 11, [1, 3, 4]
+    a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).unbind(1)
+    c = torch.arange(p)
+    logits = 2 * torch.cos(2 * math.pi * 3 * ((a + b)[:, None] - c[None, :]) / p) + torch.randn(p * p, p)
+    train = torch.rand(p * p) < 0.4
+    s = (a + b).double().numpy()
+    design = np.stack([np.ones(p * p)] + [f(2 * np.pi * k * s / p) for k in freqs for f in (np.cos, np.sin)], 1)
+    coef, *_ = np.linalg.lstsq(design, logits.double().numpy(), rcond=None)
+    fit = design @ coef
+    excluded = logits.double().numpy() - fit + coef[0]
+    target = (a + b) % p
+    expected = (
+        F.cross_entropy(torch.from_numpy(fit), target).item(),
+        F.cross_entropy(torch.from_numpy(excluded)[train], target[train]).item(),
+    )
+    assert fourier.restricted_and_excluded_loss(logits, p, freqs, train) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("freqs", [[2, 2], [2, 5], [0, 2], [2, 9], [1.5]])
+def test_key_frequencies_that_name_no_wave_or_one_twice_are_refused(freqs):
+    """At p = 7, 5 is 2's wave again (7 - 2) and 9 is 2 (mod 7): projected twice, the losses
+    were silently wrong; 0 (the constant) made them NaN."""
+    logits = torch.randn(49, 7)
+    with pytest.raises(ValueError, match=r"^key_freqs = .* is not allowed: must be distinct whole numbers from 1 to 3 \(p = 7\)"):
+        fourier.restricted_and_excluded_loss(logits, 7, freqs, torch.ones(49, dtype=torch.bool))
+
+
 def test_phases_are_located_from_the_measures():
     """Nanda et al.'s phase boundaries on measures written by hand: memorisation ends at the
     excluded loss's minimum (300); circuit formation when the validation loss falls below half
@@ -308,6 +340,11 @@ def test_phases_are_located_from_the_measures():
     assert math.isnan(fourier.phases(history, rising)["cleanup_end"])
     plateau = pd.concat([rising, pd.DataFrame({"step": [1100], "excluded_loss": [7.0], "gini_embedding": [1.0]})])
     assert fourier.phases(history, plateau)["cleanup_end"] == 1000
+    # Rows relabelled (measures joined with pd.concat repeat their labels): the same phases.
+    assert fourier.phases(history, measures.set_axis([0] * len(measures))) == fourier.phases(history, measures)
+    # A Gini that falls or stays flat after circuit formation: no clean-up is seen to end.
+    for gini in ([0.1] * 6 + [0.5, 0.4, 0.3, 0.2, 0.1], [0.3] * 11):
+        assert math.isnan(fourier.phases(history, measures.assign(gini_embedding=gini))["cleanup_end"])
     # A run that never generalises has no circuit-formation or clean-up boundary.
     stuck = fourier.phases(history.assign(val_loss=4.0), measures)
     assert stuck["memorisation_end"] == 300 and math.isnan(stuck["circuit_formation_end"]) and math.isnan(stuck["cleanup_end"])

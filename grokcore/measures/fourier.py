@@ -22,6 +22,7 @@ the last position, and the first ``p`` logits are the residues.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import pandas as pd
@@ -174,8 +175,18 @@ def key_frequencies(model: nn.Module, p: int, threshold: float = 0.85, op_token:
     return sorted(set(freq[frac >= threshold].tolist()))
 
 
+def _check_frequencies(p: int, freqs: list[int]) -> None:
+    """Key frequencies must be distinct and in 1..(p-1)/2: k and p - k (or k + p) name the same
+    wave, which would be projected out twice, and 0 is the constant, which has no sine."""
+    top = (p - 1) // 2
+    wrong = [k for k in freqs if not isinstance(k, numbers.Integral) or not 1 <= k <= top]
+    if wrong or len(set(freqs)) != len(freqs):
+        raise ValueError(f"key_freqs = {list(freqs)!r} is not allowed: must be distinct whole numbers from 1 to {top} (p = {p})")
+
+
 def _sum_directions(p: int, freqs: list[int]) -> Tensor:
     """Orthonormal directions cos(w_k (a + b)), sin(w_k (a + b)) over all pairs: (2 |freqs|, p*p)."""
+    _check_frequencies(p, freqs)
     a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).double().unbind(1)
     rows = []
     for k in freqs:
@@ -241,6 +252,7 @@ def progress_measures(run, member: int = 0, key_freqs: list[int] | None = None, 
 
     if key_freqs is None:
         key_freqs = key_frequencies(run.model(member=member), p, threshold, task.op_token)
+    _check_frequencies(p, key_freqs)  # before the checkpoints are read
     rows = []
     for step in run.checkpoint_steps:
         model = run.model(step, member)
@@ -278,7 +290,7 @@ def phases(history: pd.DataFrame, measures: pd.DataFrame, drop: float = 0.5, fra
     """
     one_member(history)
     h = history.sort_values("step")
-    m = measures.sort_values("step")
+    m = measures.sort_values("step", ignore_index=True)  # labels from a concat may repeat
     memorised = float(m.loc[m["excluded_loss"].idxmin(), "step"])
     plateau = np.interp(memorised, h["step"], h["val_loss"])
     after = h[(h["step"] > memorised) & (h["val_loss"] < drop * plateau)]
@@ -288,7 +300,8 @@ def phases(history: pd.DataFrame, measures: pd.DataFrame, drop: float = 0.5, fra
         g0 = np.interp(cleanup, m["step"], m["gini_embedding"])
         g1 = m["gini_embedding"].iloc[-1]
         later = m[(m["step"] >= cleanup) & (m["gini_embedding"] >= g0 + fraction * (g1 - g0))]
-        # The last checkpoint always meets the level it sets: an end there is no end seen.
-        if len(later) and later["step"].iloc[0] < m["step"].iloc[-1]:
+        # The last checkpoint always meets the level it sets: an end there is no end seen. A
+        # Gini that did not rise had no clean-up to end (any step would meet the level).
+        if g1 > g0 and len(later) and later["step"].iloc[0] < m["step"].iloc[-1]:
             done = float(later["step"].iloc[0])
     return {"memorisation_end": memorised, "circuit_formation_end": cleanup, "cleanup_end": done}
