@@ -10,14 +10,15 @@ import grokcore as gc
 from grokcore.measures.representation import classify_phases, parallelograms, rqi
 
 
-def test_parallelograms_by_brute_force():
-    p = 6
-    brute = [
-        (i, j, m, n)
-        for i in range(p) for j in range(p) for m in range(p) for n in range(p)
-        if i < j <= m < n and i + n == j + m
-    ]
-    assert sorted(parallelograms(p)) == sorted(brute)
+@pytest.mark.parametrize("p", [3, 4, 6, 10, 13])
+def test_parallelograms_are_the_pairs_of_samples_with_equal_sums(p):
+    """Liu et al.'s parallelograms, from their definition rather than the code's condition:
+    every two distinct samples (a, b), a <= b, whose sums are equal (E_a + E_b = E_c + E_d),
+    each pair counted once."""
+    samples = [(a, b) for a in range(p) for b in range(a, p)]
+    liu = {frozenset((s, t)) for s in samples for t in samples if s != t and sum(s) == sum(t)}
+    ours = [frozenset(((i, n), (j, m))) for i, j, m, n in parallelograms(p)]
+    assert len(ours) == len(set(ours)) and set(ours) == liu
 
 
 @pytest.mark.parametrize("d", [1, 2, 5])
