@@ -231,3 +231,14 @@ def test_each_loss_kinds_gradient_is_autograds_derivative_of_its_loss(loss):
     targets = torch.randint(7, (3, 5), generator=torch.Generator().manual_seed(1))
     (by_autograd,) = torch.autograd.grad(example_loss(loss, outputs, targets).sum(), outputs)
     torch.testing.assert_close(loss_gradient(loss, outputs.detach(), targets), by_autograd)
+
+
+def test_a_task_s_examples_are_its_own_to_change():
+    """The table is cached per op and p; changing one task's targets in place must not change
+    another's (a caller relabelling answers, say, to corrupt a fraction of them)."""
+    task = AlgorithmicTask(op="x+y", p=7)
+    _, targets = task.examples()
+    targets[0] = 99
+    task.table()[2][1] = 99
+    inputs, fresh = AlgorithmicTask(op="x+y", p=7, train_fraction=0.3).examples()
+    assert fresh.tolist() == [(int(x) + int(y)) % 7 for x, y in inputs[:, [0, 2]].tolist()]

@@ -162,7 +162,9 @@ class AlgorithmicTask(Task):
         return self.n_values + (1 if self.op_token else 0)
 
     def table(self) -> tuple[Tensor, Tensor, Tensor]:
-        return operation_table(self.op, self.p if self.op in MOD_OPS else self.n)
+        # Copies: the cached tensors are shared by every task of this op and p, and a caller
+        # that changed its targets in place would change them for all of those.
+        return tuple(t.clone() for t in operation_table(self.op, self.p if self.op in MOD_OPS else self.n))
 
     def examples(self) -> tuple[Tensor, Tensor]:
         x, y, z = self.table()
