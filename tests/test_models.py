@@ -32,43 +32,68 @@ def test_power_model_has_about_4e5_parameters():
     assert 3.5e5 < non_embedding < 4.5e5
 
 
+def layer_norm(x, weight, bias, eps=1e-5):
+    mean = x.mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt((x - mean).pow(2).mean(-1, keepdim=True) + eps) * weight + bias
+
+
 def full_forward(model, tokens):
-    """The network run on every position, written out without the last-only shortcut."""
-    T, D = tokens.shape[1], model.cfg.d_model
-    learned = model.cfg.positions == "learned"
-    x = model.embed(tokens) + (model.pos.weight[:T] if learned else sinusoidal_positions(T, D, "cpu"))
-    for block in model.blocks:
-        T = x.shape[1]
-        q, k, v = block.attn.qkv(block.ln1(x) if block.norm == "pre" else x).split(x.shape[-1], dim=-1)
-        heads = lambda t: t.view(t.shape[0], T, block.attn.n_heads, -1).transpose(1, 2)  # noqa: E731
-        q, k, v = heads(q), heads(k), heads(v)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-        scores = scores.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
-        attended = (scores.softmax(-1) @ v).transpose(1, 2).reshape(x.shape)
-        if block.norm == "post":
-            x = block.ln1(x + block.attn.out(attended))
-            x = block.ln2(x + block.mlp(x))
-        elif block.norm == "pre":
-            x = x + block.attn.out(attended)
-            x = x + block.mlp(block.ln2(x))
+    """The network run on every position from its weights alone: attention, LayerNorm, the MLP
+    and its activation written out here, not taken from the model's modules or shortcuts."""
+    cfg, w = model.cfg, dict(model.named_parameters())
+    T, D, H = tokens.shape[1], cfg.d_model, cfg.n_heads
+    x = w["embed.weight"][tokens] + (w["pos.weight"][:T] if cfg.positions == "learned" else sinusoidal_positions(T, D, "cpu"))
+    later = torch.ones(T, T).triu(1).bool()  # a position attends to itself and those before it
+    for layer in range(cfg.n_layers):
+        b = lambda name: w[f"blocks.{layer}.{name}"]  # noqa: E731
+
+        def mlp(z):
+            h = z @ b("mlp.inp.weight").T + (b("mlp.inp.bias") if cfg.mlp_bias else 0)
+            h = h.clamp(min=0) if cfg.activation == "relu" else 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))
+            return h @ b("mlp.out.weight").T + (b("mlp.out.bias") if cfg.mlp_bias else 0)
+
+        z = layer_norm(x, b("ln1.weight"), b("ln1.bias")) if cfg.norm == "pre" else x
+        q, k, v = (z @ m.T for m in b("attn.qkv.weight").split(D))
+        heads = []
+        for h in range(H):
+            part = slice(h * D // H, (h + 1) * D // H)
+            scores = q[..., part] @ k[..., part].transpose(1, 2) / math.sqrt(D // H)
+            heads.append(scores.masked_fill(later, float("-inf")).softmax(-1) @ v[..., part])
+        attended = torch.cat(heads, -1) @ b("attn.out.weight").T
+        if cfg.norm == "post":
+            x = layer_norm(x + attended, b("ln1.weight"), b("ln1.bias"))
+            x = layer_norm(x + mlp(x), b("ln2.weight"), b("ln2.bias"))
+        elif cfg.norm == "pre":
+            x = x + attended
+            x = x + mlp(layer_norm(x, b("ln2.weight"), b("ln2.bias")))
         else:
-            x = x + block.attn.out(attended)
-            x = x + block.mlp(x)
-    return model.unembed(x)
+            x = x + attended
+            x = x + mlp(x)
+    return x @ w["unembed.weight"].T
 
 
 @pytest.mark.parametrize("norm", ["post", "pre", "none"])
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
 @pytest.mark.parametrize("p, d_model, table", [(13, 16, False), (31, 64, True)])
 @pytest.mark.parametrize("n_layers", [1, 2])
-def test_readout_equals_full_forward_at_last_position(n_layers, norm, positions, p, d_model, table):
-    """The model's shortcuts (the last position only; the first block's projections looked up
-    per (token, position) for the larger model) give the outputs and gradients of the network
-    run on every position. With one layer (Nanda et al.'s), one block takes both."""
+@pytest.mark.parametrize("activation, mlp_bias, init", [("relu", False, "pytorch"), ("gelu", True, "nanda")])
+def test_readout_equals_full_forward_at_last_position(n_layers, norm, positions, p, d_model, table, activation, mlp_bias, init):
+    """The model gives the outputs and gradients of the network written out from its weights,
+    run on every position, through its shortcuts (the last position only; the first block's
+    projections looked up per (token, position) for the larger model). With one layer
+    (Nanda et al.'s), one block takes both. LayerNorm gains and MLP biases are moved off their
+    starting values, which a mistake in either could otherwise hide behind."""
     torch.manual_seed(0)
     task = AlgorithmicTask(op="x+y", p=p)
-    cfg = Transformer(n_layers=n_layers, d_model=d_model, n_heads=2, d_mlp=32, norm=norm, positions=positions)
+    cfg = Transformer(
+        n_layers=n_layers, d_model=d_model, n_heads=2, d_mlp=32, norm=norm, positions=positions,
+        activation=activation, mlp_bias=mlp_bias, init=init,
+    )
     model = cfg.build(task.model_dims())
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if ".ln" in name or name.endswith("bias"):
+                weight.add_(0.3 * torch.randn_like(weight))
     tokens, _ = task.examples()
     assert (model.first_qkv(tokens, model.position_code(tokens.shape[1])) is not None) == table
     out, expected = model(tokens), full_forward(model, tokens)[:, -1]
