@@ -44,31 +44,34 @@ def full_forward(model, tokens):
     T, D, H = tokens.shape[1], cfg.d_model, cfg.n_heads
     x = w["embed.weight"][tokens] + (w["pos.weight"][:T] if cfg.positions == "learned" else sinusoidal_positions(T, D, "cpu"))
     later = torch.ones(T, T).triu(1).bool()  # a position attends to itself and those before it
+
+    def mlp(z, block):
+        h = z @ w[block + "mlp.inp.weight"].T + (w[block + "mlp.inp.bias"] if cfg.mlp_bias else 0)
+        h = h.clamp(min=0) if cfg.activation == "relu" else 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))
+        return h @ w[block + "mlp.out.weight"].T + (w[block + "mlp.out.bias"] if cfg.mlp_bias else 0)
+
+    def norm(z, block, which):
+        return layer_norm(z, w[f"{block}{which}.weight"], w[f"{block}{which}.bias"])
+
     for layer in range(cfg.n_layers):
-        b = lambda name: w[f"blocks.{layer}.{name}"]  # noqa: E731
-
-        def mlp(z):
-            h = z @ b("mlp.inp.weight").T + (b("mlp.inp.bias") if cfg.mlp_bias else 0)
-            h = h.clamp(min=0) if cfg.activation == "relu" else 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))
-            return h @ b("mlp.out.weight").T + (b("mlp.out.bias") if cfg.mlp_bias else 0)
-
-        z = layer_norm(x, b("ln1.weight"), b("ln1.bias")) if cfg.norm == "pre" else x
-        q, k, v = (z @ m.T for m in b("attn.qkv.weight").split(D))
+        block = f"blocks.{layer}."
+        z = norm(x, block, "ln1") if cfg.norm == "pre" else x
+        q, k, v = (z @ m.T for m in w[block + "attn.qkv.weight"].split(D))
         heads = []
         for h in range(H):
             part = slice(h * D // H, (h + 1) * D // H)
             scores = q[..., part] @ k[..., part].transpose(1, 2) / math.sqrt(D // H)
             heads.append(scores.masked_fill(later, float("-inf")).softmax(-1) @ v[..., part])
-        attended = torch.cat(heads, -1) @ b("attn.out.weight").T
+        attended = torch.cat(heads, -1) @ w[block + "attn.out.weight"].T
         if cfg.norm == "post":
-            x = layer_norm(x + attended, b("ln1.weight"), b("ln1.bias"))
-            x = layer_norm(x + mlp(x), b("ln2.weight"), b("ln2.bias"))
+            x = norm(x + attended, block, "ln1")
+            x = norm(x + mlp(x, block), block, "ln2")
         elif cfg.norm == "pre":
             x = x + attended
-            x = x + mlp(layer_norm(x, b("ln2.weight"), b("ln2.bias")))
+            x = x + mlp(norm(x, block, "ln2"), block)
         else:
             x = x + attended
-            x = x + mlp(x)
+            x = x + mlp(x, block)
     return x @ w["unembed.weight"].T
 
 
