@@ -80,6 +80,21 @@ def test_permutation_tables_match_itertools(op, n):
         assert perms[k] == PERM_PLAIN[op](perms[i], perms[j])
 
 
+def test_permutation_products_follow_openai_grok_s_sympy_convention():
+    """openai/grok builds its S5 tables with sympy's Permutation product, a * b: apply a, then
+    b. Checked with sympy itself (a dependency of PyTorch), not with a rule written out here."""
+    from sympy.combinatorics import Permutation
+
+    perms = list(itertools.permutations(range(4)))
+    rows, answers = decode(AlgorithmicTask(op="x.y", n=4))
+    for (i, _, j, _), k in zip(rows, answers):
+        assert list(perms[k]) == (Permutation(list(perms[i])) * Permutation(list(perms[j]))).array_form
+    rows, answers = decode(AlgorithmicTask(op="x.y.x^-1", n=4))
+    for (i, _, j, _), k in zip(rows, answers):
+        x, y = Permutation(list(perms[i])), Permutation(list(perms[j]))
+        assert list(perms[k]) == (x * y * ~x).array_form
+
+
 def cycle_type(perm: tuple) -> list[int]:
     """The sorted lengths of a permutation's cycles."""
     seen, lengths = set(), []
