@@ -639,6 +639,15 @@ class Trainer:
 LOG_EVERY_S = 60.0
 
 
+def _time_left(done: int, seconds: float, left: int) -> str:
+    """"; about 12 min left" at this process's pace so far (members that stop early make it
+    sooner), or nothing before a step has been timed or after the last."""
+    if done <= 0 or left <= 0:
+        return ""
+    eta = seconds / done * left
+    return "; about " + (f"{eta:.0f} s" if eta < 90 else f"{eta / 60:.0f} min" if eta < 5400 else f"{eta / 3600:.1f} h") + " left"
+
+
 def _progress_mode(progress: bool | None) -> str:
     """"bar" (tqdm), "off", or "log": a plain line on the process's own stderr at an
     evaluation at most every ``LOG_EVERY_S``, for notebooks run headless (a SLURM log), where
@@ -795,7 +804,8 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: str, save
                     log = sys.__stderr__ or sys.stderr  # the process's own: a kernel's goes to the command's log
                     print(
                         f"{config.run_name}: step {step:,} of {config.steps:,}, mean of {K} member(s): "
-                        f"train_acc {metrics[:, 1].mean():.3f}, val_acc {metrics[:, 3].mean():.3f} ({elapsed:.0f} s)",
+                        f"train_acc {metrics[:, 1].mean():.3f}, val_acc {metrics[:, 3].mean():.3f} "
+                        f"({elapsed:.0f} s{_time_left(step - start_step, logged_at - t0, config.steps - step)})",
                         file=log,
                         flush=True,
                     )

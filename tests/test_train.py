@@ -428,6 +428,16 @@ def test_log_mode_writes_progress_lines_to_the_process_stderr(tmp_path, monkeypa
     lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("test-")]
     assert len(lines) == len(eval_schedule(small_config())), lines  # one per evaluation here
     assert "step 0 of 30, mean of 1 member(s): train_acc" in lines[0] and "step 30 of 30" in lines[-1]
+    assert "left" not in lines[0] and "left" not in lines[-1] and all(re.search(r"; about \d+ s left\)$", line) for line in lines[1:-1])
+
+
+def test_time_left_reads_in_the_unit_a_person_would_use():
+    from grokcore.train import _time_left
+
+    assert _time_left(100, 10.0, 400) == "; about 40 s left"
+    assert _time_left(100, 10.0, 30_000) == "; about 50 min left"
+    assert _time_left(100, 10.0, 6_000_000) == "; about 166.7 h left"
+    assert _time_left(0, 3.0, 10) == "" and _time_left(10, 3.0, 0) == ""
 
 
 def test_finished_run_is_loaded_not_retrained(tmp_path, monkeypatch):
