@@ -76,7 +76,7 @@ def nanda_config(**changes) -> gc.RunConfig:
     base = dict(
         name="bench-nanda",
         task=gc.AlgorithmicTask(op="x+y", p=113, train_fraction=0.3, op_token=False),
-        model=gc.Transformer(n_layers=1, d_model=128, n_heads=4, d_mlp=512, norm="none", mlp_bias=True, init="nanda"),
+        model=gc.Transformer(n_layers=1, d_model=128, n_heads=4, d_mlp=512, norm="none", bias="mlp", init="nanda"),
         optim=gc.AdamW(lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10),
         steps=40_000,
         batch_size=None,

@@ -133,6 +133,21 @@ def test_nanda_format_has_no_op_token():
     assert dims["operand_positions"] == (0, 1)
 
 
+@pytest.mark.parametrize("op_token", [False, True])
+def test_inputs_without_the_equals_token(op_token):
+    """eq_token=False (Liu et al.'s code): the operands alone, 'a b' (or 'a op b'), and outputs
+    for the answers (and the op token, where there is one) only."""
+    task = AlgorithmicTask(op="x-y", p=P, op_token=op_token, eq_token=False)
+    inputs, targets = task.examples()
+    expected = [[a, P, b] if op_token else [a, b] for a in range(P) for b in range(P)]
+    assert inputs.tolist() == expected
+    assert targets.tolist() == [(a - b) % P for a in range(P) for b in range(P)]
+    dims = task.model_dims()
+    vocab = P + 1 if op_token else P
+    assert (dims["vocab_size"], dims["seq_len"], dims["n_outputs"]) == (vocab, 3 if op_token else 2, vocab)
+    assert dims["operand_positions"] == ((0, 2) if op_token else (0, 1))
+
+
 @pytest.mark.parametrize("fraction", [0.1, 0.3, 0.5, 0.9])
 def test_split_sizes_and_disjoint(fraction):
     task = AlgorithmicTask(op="x/y", p=P, train_fraction=fraction)

@@ -137,7 +137,7 @@ def test_progress_measures_of_a_member_equal_those_of_its_seed_trained_alone(tmp
         config = gc.RunConfig(
             name="fourier-members",
             task=gc.AlgorithmicTask(op="x+y", p=11, train_fraction=0.5, op_token=False),
-            model=gc.Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=32, norm="none", mlp_bias=True, init="nanda"),
+            model=gc.Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=32, norm="none", bias="mlp", init="nanda"),
             optim=gc.AdamW(lr=3e-3, weight_decay=1.0),
             steps=30,
             batch_size=None,
@@ -216,7 +216,7 @@ def test_progress_measures_equal_the_network_measured_by_hand(tmp_path):
     config = gc.RunConfig(
         name="fourier-by-hand",
         task=gc.AlgorithmicTask(op="x+y", p=p, train_fraction=0.5, op_token=False),
-        model=gc.Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=d_mlp, norm="none", mlp_bias=True, init="nanda"),
+        model=gc.Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=d_mlp, norm="none", bias="mlp", init="nanda"),
         optim=gc.AdamW(lr=3e-3, weight_decay=1.0),
         steps=40,
         batch_size=None,

@@ -38,17 +38,23 @@ def layer_norm(x, weight, bias, eps=1e-5):
 
 
 def full_forward(model, tokens):
-    """The network run on every position from its weights alone: attention, LayerNorm, the MLP
-    and its activation written out here, not taken from the model's modules or shortcuts."""
+    """The network run on every position from its weights alone, and read out: attention,
+    LayerNorm, the MLP and its activation written out here, not taken from the model's
+    modules or shortcuts."""
     cfg, w = model.cfg, dict(model.named_parameters())
     T, D, H = tokens.shape[1], cfg.d_model, cfg.n_heads
-    x = w["embed.weight"][tokens] + (w["pos.weight"][:T] if cfg.positions == "learned" else sinusoidal_positions(T, D, "cpu"))
-    later = torch.ones(T, T).triu(1).bool()  # a position attends to itself and those before it
+    codes = {"learned": lambda: w["pos.weight"][:T], "sinusoidal": lambda: sinusoidal_positions(T, D, "cpu"), "none": lambda: 0}
+    x = w["embed.weight"][tokens] + codes[cfg.positions]()
+    # Causal: a position attends to itself and those before it.
+    later = torch.ones(T, T).triu(1).bool() if cfg.attention == "causal" else torch.zeros(T, T).bool()
+
+    def linear(z, name, has_bias):
+        return z @ w[name + ".weight"].T + (w[name + ".bias"] if has_bias else 0)
 
     def mlp(z, block):
-        h = z @ w[block + "mlp.inp.weight"].T + (w[block + "mlp.inp.bias"] if cfg.mlp_bias else 0)
+        h = linear(z, block + "mlp.inp", cfg.bias != "none")
         h = h.clamp(min=0) if cfg.activation == "relu" else 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))
-        return h @ w[block + "mlp.out.weight"].T + (w[block + "mlp.out.bias"] if cfg.mlp_bias else 0)
+        return linear(h, block + "mlp.out", cfg.bias != "none")
 
     def norm(z, block, which):
         return layer_norm(z, w[f"{block}{which}.weight"], w[f"{block}{which}.bias"])
@@ -56,13 +62,13 @@ def full_forward(model, tokens):
     for layer in range(cfg.n_layers):
         block = f"blocks.{layer}."
         z = norm(x, block, "ln1") if cfg.norm == "pre" else x
-        q, k, v = (z @ m.T for m in w[block + "attn.qkv.weight"].split(D))
+        q, k, v = linear(z, block + "attn.qkv", cfg.bias == "all").split(D, dim=-1)
         heads = []
         for h in range(H):
             part = slice(h * D // H, (h + 1) * D // H)
             scores = q[..., part] @ k[..., part].transpose(1, 2) / math.sqrt(D // H)
             heads.append(scores.masked_fill(later, float("-inf")).softmax(-1) @ v[..., part])
-        attended = torch.cat(heads, -1) @ w[block + "attn.out.weight"].T
+        attended = linear(torch.cat(heads, -1), block + "attn.out", cfg.bias == "all")
         if cfg.norm == "post":
             x = norm(x + attended, block, "ln1")
             x = norm(x + mlp(x, block), block, "ln2")
@@ -72,25 +78,34 @@ def full_forward(model, tokens):
         else:
             x = x + attended
             x = x + mlp(x, block)
-    return x @ w["unembed.weight"].T
+    return linear(x[:, -1] if cfg.readout == "last" else x.flatten(1), "unembed", cfg.bias == "all")
+
+
+#: (activation, bias, init, attention, readout): Power's, Nanda's and Liu's code's.
+VARIANTS = [
+    ("relu", "none", "pytorch", "causal", "last"),
+    ("gelu", "mlp", "nanda", "causal", "last"),
+    ("relu", "all", "encoder", "full", "concat"),
+]
 
 
 @pytest.mark.parametrize("norm", ["post", "pre", "none"])
-@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "none"])
 @pytest.mark.parametrize("p, d_model, table", [(13, 16, False), (31, 64, True)])
 @pytest.mark.parametrize("n_layers", [1, 2])
-@pytest.mark.parametrize("activation, mlp_bias, init", [("relu", False, "pytorch"), ("gelu", True, "nanda")])
-def test_readout_equals_full_forward_at_last_position(n_layers, norm, positions, p, d_model, table, activation, mlp_bias, init):
+@pytest.mark.parametrize("activation, bias, init, attention, readout", VARIANTS)
+def test_readout_equals_full_forward(n_layers, norm, positions, p, d_model, table, activation, bias, init, attention, readout):
     """The model gives the outputs and gradients of the network written out from its weights,
-    run on every position, through its shortcuts (the last position only; the first block's
-    projections looked up per (token, position) for the larger model). With one layer
-    (Nanda et al.'s), one block takes both. LayerNorm gains and MLP biases are moved off their
-    starting values, which a mistake in either could otherwise hide behind."""
+    run on every position, through its shortcuts (the last position only, where it reads out
+    there; the first block's projections looked up per (token, position), or per token
+    without a position code, for the larger model). With one layer (Nanda et al.'s), one
+    block takes both. LayerNorm gains and biases are moved off their starting values, which a
+    mistake in either could otherwise hide behind."""
     torch.manual_seed(0)
     task = AlgorithmicTask(op="x+y", p=p)
     cfg = Transformer(
         n_layers=n_layers, d_model=d_model, n_heads=2, d_mlp=32, norm=norm, positions=positions,
-        activation=activation, mlp_bias=mlp_bias, init=init,
+        activation=activation, bias=bias, init=init, attention=attention, readout=readout,
     )
     model = cfg.build(task.model_dims())
     with torch.no_grad():
@@ -99,7 +114,7 @@ def test_readout_equals_full_forward_at_last_position(n_layers, norm, positions,
                 weight.add_(0.3 * torch.randn_like(weight))
     tokens, _ = task.examples()
     assert (model.first_qkv(tokens, model.position_code(tokens.shape[1])) is not None) == table
-    out, expected = model(tokens), full_forward(model, tokens)[:, -1]
+    out, expected = model(tokens), full_forward(model, tokens)
     assert torch.allclose(out, expected, atol=1e-5)
     params = list(model.parameters())
     grads = torch.autograd.grad(out.square().sum(), params)
@@ -192,6 +207,91 @@ def test_causal_mask_earlier_positions_ignore_later_tokens():
     assert torch.allclose(block.attn(x)[:, 0], block.attn.out(v0), atol=1e-6)
 
 
+def liu_code_network(model, n_layers, n_heads):
+    """Liu et al.'s removed code's transformer (ejmichaud/grokking-squared before 63ccf1c,
+    phasegrok/models.py): an embedding, PyTorch's pre-norm encoder layers (ReLU, no dropout),
+    and one linear map of both positions side by side; given ``model``'s weights."""
+    D, d_mlp = model.cfg.d_model, model.cfg.d_mlp
+    layers = [
+        torch.nn.TransformerEncoderLayer(D, n_heads, d_mlp, dropout=0.0, activation="relu", batch_first=True, norm_first=True)
+        for _ in range(n_layers)
+    ]
+    readout = torch.nn.Linear(2 * D, model.unembed.out_features)
+    w = dict(model.named_parameters())
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            b = f"blocks.{i}."
+            pairs = [
+                (layer.self_attn.in_proj_weight, "attn.qkv.weight"), (layer.self_attn.in_proj_bias, "attn.qkv.bias"),
+                (layer.self_attn.out_proj.weight, "attn.out.weight"), (layer.self_attn.out_proj.bias, "attn.out.bias"),
+                (layer.linear1.weight, "mlp.inp.weight"), (layer.linear1.bias, "mlp.inp.bias"),
+                (layer.linear2.weight, "mlp.out.weight"), (layer.linear2.bias, "mlp.out.bias"),
+                (layer.norm1.weight, "ln1.weight"), (layer.norm1.bias, "ln1.bias"),
+                (layer.norm2.weight, "ln2.weight"), (layer.norm2.bias, "ln2.bias"),
+            ]
+            for theirs, ours in pairs:
+                theirs.copy_(w[b + ours])
+        readout.weight.copy_(w["unembed.weight"])
+        readout.bias.copy_(w["unembed.bias"])
+    embed = torch.nn.Embedding.from_pretrained(w["embed.weight"].detach().clone())
+    return lambda tokens: readout(torch.nn.Sequential(*layers)(embed(tokens)).reshape(len(tokens), -1))
+
+
+@pytest.mark.parametrize("n_heads", [1, 2])
+def test_liu_code_transformer_equals_pytorch_encoder_layers(n_heads):
+    """The options for Liu et al.'s code's transformer (no position code, full attention, every
+    bias, both positions read out, pre-norm) build the network their code built from PyTorch's
+    own encoder layer, on inputs "a b" without "=" (the larger task takes the per-token
+    projection table)."""
+    for p, d_model in [(11, 16), (53, 64)]:
+        torch.manual_seed(0)
+        task = AlgorithmicTask(op="x+y", p=p, op_token=False, eq_token=False)
+        cfg = Transformer(n_layers=2, d_model=d_model, n_heads=n_heads, d_mlp=d_model, norm="pre", positions="none",
+                          attention="full", readout="concat", bias="all", init="encoder")
+        model = cfg.build(task.model_dims())
+        assert model.unembed.out_features == p  # the answers only: no op or "=" token
+        with torch.no_grad():
+            for name, weight in model.named_parameters():
+                if ".ln" in name or name.endswith("bias"):
+                    weight.add_(0.3 * torch.randn_like(weight))
+        tokens, _ = task.examples()
+        assert (model.first_qkv(tokens, None) is not None) == (p == 53)
+        reference = liu_code_network(model, 2, n_heads)
+        assert torch.allclose(model(tokens), reference(tokens), atol=1e-5)
+
+
+def test_full_attention_lets_every_position_read_every_token():
+    """Full attention: changing the last token changes every position's output."""
+    torch.manual_seed(0)
+    dims = {"vocab_size": 5, "seq_len": 3, "n_outputs": 5}
+    block = Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=32, attention="full").build(dims).blocks[0]
+    x = torch.randn(8, 3, 16)
+    changed = x.clone()
+    changed[:, -1] = torch.randn(8, 16)
+    before, after = block(x), block(changed)
+    for t in range(3):
+        assert not torch.allclose(before[:, t], after[:, t]), t
+
+
+def test_encoder_init_follows_pytorch_multihead_attention():
+    """init="encoder": q, k and v Xavier-uniform over the stacked (3 d, d) matrix (bound
+    sqrt(6 / (d + 3 d))), attention biases zero, the MLP's nn.Linear default (uniform with
+    bound 1 / sqrt(fan_in), biases too), as nn.TransformerEncoderLayer starts."""
+    torch.manual_seed(0)
+    d = 256
+    model = Transformer(n_layers=1, d_model=d, n_heads=1, d_mlp=d, bias="all", init="encoder").build(
+        {"vocab_size": 53, "seq_len": 2, "n_outputs": 53}
+    )
+    block = model.blocks[0]
+    for w, bound in [(block.attn.qkv.weight, math.sqrt(6 / (4 * d))), (block.mlp.inp.weight, 1 / math.sqrt(d)),
+                     (block.mlp.inp.bias, 1 / math.sqrt(d)), (block.attn.out.weight, 1 / math.sqrt(d))]:
+        w = w.detach()
+        # The largest of n uniform draws falls short of the bound by about bound / n.
+        assert bound * (1 - 10 / w.numel()) < w.abs().max() <= bound
+        assert_drawn_from(w, bound / math.sqrt(3), "uniform")  # a uniform's deviation: bound / sqrt(3)
+    assert block.attn.qkv.bias.abs().sum() == 0 and block.attn.out.bias.abs().sum() == 0
+
+
 def assert_drawn_from(w, std, name):
     """``w``'s entries look like draws of N(0, std^2): five standard errors of a sample
     deviation (std / sqrt(2 n)) and of a sample mean."""
@@ -204,7 +304,7 @@ def test_nanda_init_scales():
     biases 0."""
     torch.manual_seed(0)
     task = AlgorithmicTask(op="x+y", p=113, op_token=False)
-    cfg = Transformer(n_layers=1, d_model=128, n_heads=4, d_mlp=512, norm="none", mlp_bias=True, init="nanda")
+    cfg = Transformer(n_layers=1, d_model=128, n_heads=4, d_mlp=512, norm="none", bias="mlp", init="nanda")
     model = cfg.build(task.model_dims())
     matrices = {name: w for name, w in model.named_parameters() if w.dim() >= 2}
     assert set(matrices) == {"embed.weight", "pos.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.out.weight",

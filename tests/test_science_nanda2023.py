@@ -22,7 +22,7 @@ def nanda_run(tmp_path_factory):
     config = gc.RunConfig(
         name="science-nanda",
         task=gc.AlgorithmicTask(op="x+y", p=31, train_fraction=0.5, op_token=False),
-        model=gc.Transformer(n_layers=1, d_model=64, n_heads=4, d_mlp=256, norm="none", mlp_bias=True, init="nanda"),
+        model=gc.Transformer(n_layers=1, d_model=64, n_heads=4, d_mlp=256, norm="none", bias="mlp", init="nanda"),
         optim=gc.AdamW(lr=3e-3, weight_decay=1.0),
         steps=5000,  # grokking ends between steps 2000 and 4000, depending on float rounding
         checkpoints=12,

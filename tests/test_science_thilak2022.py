@@ -20,7 +20,7 @@ def test_thilak_slingshot_loss_spike_with_a_norm_burst_only_at_small_epsilon(tmp
     config = gc.RunConfig(
         name="science-slingshot",
         task=gc.AlgorithmicTask(op="x+y", p=31, train_fraction=0.5, op_token=False),
-        model=gc.Transformer(n_layers=1, d_model=64, n_heads=4, d_mlp=256, norm="none", mlp_bias=True, init="nanda"),
+        model=gc.Transformer(n_layers=1, d_model=64, n_heads=4, d_mlp=256, norm="none", bias="mlp", init="nanda"),
         optim=gc.AdamW(lr=3e-3, weight_decay=0.0),
         steps=1400,
         sweep={"eps": [1e-8, 1e-4]},

@@ -234,6 +234,8 @@ def progress_measures(run, member: int = 0, key_freqs: list[int] | None = None, 
         raise ValueError(
             f"task.op = {getattr(task, 'op', None)!r} is not allowed: the progress measures are Nanda et al.'s for 'x+y'"
         )
+    if not getattr(task, "eq_token", True):
+        raise ValueError("task.eq_token = False is not allowed: the progress measures read inputs 'a b =' (Nanda et al.'s)")
     if not isinstance(run.config.model, Transformer):
         raise ValueError(
             f"model = {type(run.config.model).__name__} is not allowed: the progress measures read a Transformer's"

@@ -7,6 +7,9 @@ One class covers the grokking papers' transformers through its config:
   fixed sinusoidal position code, we default to learned positions as danielmamay/grokking).
 * Nanda et al. 2023 (arXiv 2301.05217): 1 layer, no LayerNorm, biases in the MLP only,
   weights drawn N(0, 1/d_model) (unembedding N(0, 1/vocab)).
+* Liu et al. 2022 (arXiv 2205.10343), section 4.2, as its authors' code built it: PyTorch's
+  pre-norm encoder layers (full attention, biases everywhere, their initialisation) over the
+  two operands without a position code, every position read out side by side.
 """
 
 from __future__ import annotations
@@ -31,10 +34,22 @@ class Transformer(Spec):
     n_heads: int = spec_field(4, check=POSITIVE, doc="attention heads (d_model / n_heads each)")
     d_mlp: int = spec_field(512, check=POSITIVE, doc="MLP hidden width")
     norm: Literal["post", "pre", "none"] = spec_field("post", doc="LayerNorm placement")
-    positions: Literal["learned", "sinusoidal"] = spec_field("learned", doc="position code")
+    positions: Literal["learned", "sinusoidal", "none"] = spec_field("learned", doc="position code (none: the tokens alone)")
+    attention: Literal["causal", "full"] = spec_field(
+        "causal", doc="causal: a position attends to itself and those before it; full: to every position (an encoder)"
+    )
+    readout: Literal["last", "concat"] = spec_field(
+        "last", doc="logits from the last position, or from every position's output side by side"
+    )
     activation: Literal["relu", "gelu"] = spec_field("relu", doc="MLP non-linearity")
-    mlp_bias: bool = spec_field(False, doc="biases in the MLP")
-    init: Literal["pytorch", "nanda"] = spec_field("pytorch", doc="initialisation rule")
+    bias: Literal["none", "mlp", "all"] = spec_field(
+        "none", doc="biases: none (Power), the MLP's (Nanda), or every linear map's (Liu's code)"
+    )
+    init: Literal["pytorch", "nanda", "encoder"] = spec_field(
+        "pytorch",
+        doc="initialisation rule: nn.Linear's defaults; Nanda's; or as nn.TransformerEncoderLayer "
+        "(Xavier-uniform q, k, v, zero attention biases)",
+    )
     init_scale: float = spec_field(1.0, check=POSITIVE, doc="multiply every initial weight by this")
 
     def validate(self):
@@ -54,27 +69,28 @@ class Transformer(Spec):
 
 
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int):
+    def __init__(self, d_model: int, n_heads: int, causal: bool = True, bias: bool = False):
         super().__init__()
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.n_heads, self.causal = n_heads, causal
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.out = nn.Linear(d_model, d_model, bias=bias)
 
     def forward(self, x: Tensor, last_only: bool = False, qkv: Tensor | None = None) -> Tensor:
-        """Causal self-attention; with ``last_only`` only the last position queries.
+        """Self-attention, causal or full; with ``last_only`` only the last position queries.
         ``qkv``: the projections, where the caller has them already (``x`` then gives only
         the shape and device)."""
         B, T, D = x.shape
         H = self.n_heads
         qkv = self.qkv(x) if qkv is None else qkv
         q, k, v = qkv.view(B, T, 3, H, D // H).unbind(2)  # (B, T, H, d_head) each
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         if last_only:
-            q, causal = q[:, -1:], causal[-1:]
+            q = q[:, -1:]
         # Sequences here are a handful of tokens: broadcast products beat batches of tiny matmuls.
         scores = (q[:, :, None] * k[:, None]).sum(-1) / math.sqrt(D // H)  # (B, Tq, Tk, H)
-        pattern = scores.masked_fill(~causal[None, :, :, None], float("-inf")).softmax(2)
-        mixed = (pattern[..., None] * v[:, None]).sum(2)  # (B, Tq, H, d_head)
+        if self.causal:
+            allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[-q.shape[1]:]
+            scores = scores.masked_fill(~allowed[None, :, :, None], float("-inf"))
+        mixed = (scores.softmax(2)[..., None] * v[:, None]).sum(2)  # (B, Tq, H, d_head)
         return self.out(mixed.reshape(B, q.shape[1], D))
 
 
@@ -93,8 +109,8 @@ class Block(nn.Module):
     def __init__(self, cfg: Transformer):
         super().__init__()
         self.norm = cfg.norm
-        self.attn = Attention(cfg.d_model, cfg.n_heads)
-        self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.activation, cfg.mlp_bias)
+        self.attn = Attention(cfg.d_model, cfg.n_heads, causal=cfg.attention == "causal", bias=cfg.bias == "all")
+        self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.activation, bias=cfg.bias != "none")
         if cfg.norm != "none":
             self.ln1 = nn.LayerNorm(cfg.d_model)
             self.ln2 = nn.LayerNorm(cfg.d_model)
@@ -178,9 +194,12 @@ class TransformerModel(nn.Module):
         if cfg.positions == "learned":
             self.pos = nn.Embedding(seq_len, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.unembed = nn.Linear(cfg.d_model, n_outputs, bias=False)
+        read = cfg.d_model * (seq_len if cfg.readout == "concat" else 1)
+        self.unembed = nn.Linear(read, n_outputs, bias=cfg.bias == "all")
         if cfg.init == "nanda":
             self._init_nanda(vocab_size)
+        elif cfg.init == "encoder":
+            self._init_encoder()
 
     def _init_nanda(self, vocab_size: int):
         std = 1 / math.sqrt(self.cfg.d_model)
@@ -190,6 +209,14 @@ class TransformerModel(nn.Module):
             elif p.dim() >= 2:
                 nn.init.normal_(p, std=std)
         nn.init.normal_(self.unembed.weight, std=1 / math.sqrt(vocab_size))
+
+    def _init_encoder(self):
+        """As ``nn.MultiheadAttention`` initialises itself (the rest as nn.Linear's defaults)."""
+        for block in self.blocks:
+            nn.init.xavier_uniform_(block.attn.qkv.weight)
+            for bias in (block.attn.qkv.bias, block.attn.out.bias):
+                if bias is not None:
+                    nn.init.zeros_(bias)
 
     def lookup(self, table: Tensor, index: Tensor) -> Tensor:
         """``table[index]`` for an index (B, T); on a GPU, with a backward pass that is fast.
@@ -214,12 +241,15 @@ class TransformerModel(nn.Module):
             return LookupGradientByProduct.apply(table, index)
         return nn.functional.embedding(index, table)
 
-    def position_code(self, T: int) -> Tensor:
+    def position_code(self, T: int) -> Tensor | None:
+        """(T, d_model), added to the token embeddings; None without a position code."""
         if self.cfg.positions == "learned":
             return self.pos.weight[:T]
-        return sinusoidal_positions(T, self.cfg.d_model, self.embed.weight.device)
+        if self.cfg.positions == "sinusoidal":
+            return sinusoidal_positions(T, self.cfg.d_model, self.embed.weight.device)
+        return None
 
-    def first_qkv(self, tokens: Tensor, positions: Tensor) -> Tensor | None:
+    def first_qkv(self, tokens: Tensor, positions: Tensor | None) -> Tensor | None:
         """The first block's attention projections, looked up rather than multiplied out.
 
         The first block sees nothing but a token's embedding plus its position's code, so its
@@ -232,20 +262,28 @@ class TransformerModel(nn.Module):
         cost their launches, it saved nothing compiled and cost 10% uncompiled. Tried again
         compiled, it took 28 µs off the products of Nanda et al.'s step and added 28-34 µs of
         other kernels, most of it adding the gathered rows' gradients into the table's lanes
-        (13-15 µs) and summing the lanes. None where the projections are multiplied out."""
+        (13-15 µs) and summing the lanes. None where the projections are multiplied out.
+        Without a position code, a token's projections are the same at every position: one
+        row per token."""
         V, (B, T), D = self.embed.num_embeddings, tokens.shape, self.cfg.d_model
-        if tokens.device.type != "cpu" or (B - V) * T * 3 * D * D < 2**23:
+        rows = V if positions is None else V * T
+        if tokens.device.type != "cpu" or (B * T - rows) * 3 * D * D < 2**23:
             return None
         block = self.blocks[0]
+        if positions is None:
+            return self.lookup(block.attn.qkv(block.attention_input(self.embed.weight)), tokens)
         inputs = block.attention_input(self.embed.weight[:, None] + positions)  # (V, T, d_model)
         table = block.attn.qkv(inputs).flatten(0, 1)  # row v * T + t
         return self.lookup(table, tokens * T + torch.arange(T, device=tokens.device))
 
     def forward(self, tokens: Tensor) -> Tensor:
-        """tokens (B, T) -> logits (B, n_outputs) at the last position."""
+        """tokens (B, T) -> logits (B, n_outputs), read out at the last position or at all."""
         positions = self.position_code(tokens.shape[-1])
-        x = self.lookup(self.embed.weight, tokens) + positions
+        x = self.lookup(self.embed.weight, tokens)
+        if positions is not None:
+            x = x + positions
         qkv = self.first_qkv(tokens, positions)
+        last_only = self.cfg.readout == "last"  # then the last block needs no other position
         for i, block in enumerate(self.blocks):
-            x = block(x, last_only=i == len(self.blocks) - 1, qkv=qkv if i == 0 else None)
-        return self.unembed(x[:, -1])
+            x = block(x, last_only=last_only and i == len(self.blocks) - 1, qkv=qkv if i == 0 else None)
+        return self.unembed(x[:, -1] if last_only else x.flatten(1))

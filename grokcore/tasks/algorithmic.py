@@ -102,6 +102,7 @@ class AlgorithmicTask(Task):
     n: int = spec_field(5, doc="the degree of S_n for a permutation op, 2 to 7 (Power: 5); modular ops ignore it")
     train_fraction: float = spec_field(0.5, check=FRACTION, doc="fraction of all equations used for training")
     op_token: bool = spec_field(True, doc="input 'x op y =' (Power); False: 'x y =' (Nanda)")
+    eq_token: bool = spec_field(True, doc="end the input with '='; False: the operands alone, 'x y' (Liu's code)")
     loss: Literal["cross_entropy", "mse"] = spec_field("cross_entropy", doc="mse: against one-hot targets (Gromov)")
 
     def validate(self):
@@ -139,10 +140,10 @@ class AlgorithmicTask(Task):
         return math.factorial(self.n) if self.op in PERM_OPS else self.p
 
     def model_dims(self) -> dict:
-        vocab = self.n_values + (2 if self.op_token else 1)
+        vocab = self.n_values + self.op_token + self.eq_token
         return {
             "vocab_size": vocab,
-            "seq_len": 4 if self.op_token else 3,
+            "seq_len": 2 + self.op_token + self.eq_token,
             "n_outputs": vocab,
             "n_values": self.n_values,
             "operand_positions": (0, 2) if self.op_token else (0, 1),
@@ -150,7 +151,7 @@ class AlgorithmicTask(Task):
 
     @property
     def n_classes(self) -> int:
-        """Answers are operands (n_outputs counts the op and = tokens too)."""
+        """Answers are operands (n_outputs counts the op and = tokens too, where the input has them)."""
         return self.n_values
 
     @property
@@ -169,8 +170,9 @@ class AlgorithmicTask(Task):
     def examples(self) -> tuple[Tensor, Tensor]:
         x, y, z = self.table()
         columns = [x, torch.full_like(x, self.op_id), y] if self.op_token else [x, y]
-        inputs = torch.stack(columns + [torch.full_like(x, self.eq_id)], dim=1)
-        return inputs, z
+        if self.eq_token:
+            columns.append(torch.full_like(x, self.eq_id))
+        return torch.stack(columns, dim=1), z
 
     def split(self, seed: int, train_fraction: float | None = None) -> tuple[Tensor, Tensor]:
         n_train = self.train_size(train_fraction)
