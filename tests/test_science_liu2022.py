@@ -53,40 +53,33 @@ def test_liu_toy_model_shows_all_four_phases(tmp_path):
 
 
 def test_liu_transformer_needs_weight_decay_to_generalise(tmp_path):
-    """Liu et al. 2022, Fig. 7: a transformer on a + b mod p, its embedding on a fixed learning
-    rate (1e-3, no weight decay) and the rest swept. Without weight decay it memorises, at a
-    small and at a large learning rate; at the small one it memorises within the budget even
-    with weight decay. With weight decay and the large learning rate it generalises, well after
-    fitting the training set: unlike in the toy model, decoder weight decay speeds
-    generalisation up (here from never within the budget to about half of it)."""
-    steps = 1000
+    """Liu et al. 2022, Fig. 7, on their code's network (one pre-norm encoder layer over "a b",
+    no position code, both positions read out; tiny here): the embedding on a fixed learning
+    rate (1e-3), the rest swept. Without weight decay it fits the training set and never
+    generalises; with weight decay it generalises, long after fitting, and more weight decay
+    generalises sooner (unlike the toy model)."""
     config = gc.RunConfig(
         name="science-liu-transformer-phases",
-        task=gc.AlgorithmicTask(op="x+y", p=31, train_fraction=0.7, op_token=False),
-        model=gc.Transformer(n_layers=1, d_model=48, n_heads=4, d_mlp=192),
-        optim=gc.AdamW(betas=(0.9, 0.98), warmup_steps=10, groups={"embed": {"lr": 1e-3, "weight_decay": 0.0}}),
-        steps=steps,
+        task=gc.AlgorithmicTask(op="x+y", p=23, train_fraction=0.8, op_token=False, eq_token=False),
+        model=gc.Transformer(n_layers=1, d_model=32, n_heads=1, d_mlp=32, norm="pre", positions="none",
+                             attention="full", readout="concat", bias="all", init="encoder"),
+        optim=gc.AdamW(betas=(0.9, 0.999), warmup_steps=0, groups={"embed": {"lr": 1e-3, "weight_decay": 0.01}}),
+        steps=2500,
         batch_size=None,
-        sweep={"lr": [3e-4, 2e-2], "weight_decay": [0.0, 1.0]},
+        sweep={"lr": [4e-3], "weight_decay": [0.0, 1.5, 3.0]},
         eval_points=80,
         checkpoints=0,
     )
     run = gc.train(config, root=tmp_path, progress=False)
-    phases = classify_phases(run.history, threshold=0.9, lag=150).set_index(["lr", "weight_decay"])
-    phase = phases["phase"].to_dict()
-    assert phase[(2e-2, 0.0)] == "memorization", phases
-    assert phase[(3e-4, 0.0)] == "memorization", phases
-    assert phase[(3e-4, 1.0)] == "memorization", phases
-    assert phase[(2e-2, 1.0)] in ("comprehension", "grokking"), phases
-    # Memorising members get at most about the validation pairs whose mirror image (b, a) is
-    # in the training set (two thirds of them here): far from the threshold.
-    best_val = run.history.groupby("member")["val_acc"].max()
-    for key in [(2e-2, 0.0), (3e-4, 0.0), (3e-4, 1.0)]:
-        assert best_val[phases.loc[key, "member"]] < 0.8, best_val
-    # With weight decay, validation gets there inside the budget with room to spare, and well
-    # after training does; when training gets there, validation is still near chance
-    # (measured 0.097; the memorising members, at lr 3e-4, are at 0.46-0.47 by then).
-    grok = phases.loc[(2e-2, 1.0)]
-    assert grok["val_step"] < 0.7 * steps and grok["val_step"] > 2 * grok["train_step"], phases
-    h = run.history[run.history["member"] == grok["member"]].set_index("step")
-    assert h.loc[grok["train_step"], "val_acc"] < 0.3, h.loc[: grok["train_step"], ["train_acc", "val_acc"]]
+    phases = classify_phases(run.history, threshold=0.9, lag=1000).set_index("weight_decay")
+    best_val = run.history.groupby("weight_decay").val_acc.max()
+    # Measured (torch 2.14, CPU): fits at step 68 and stays under 8% validation accuracy.
+    assert phases.phase[0.0] == "memorization" and best_val[0.0] < 0.3, phases
+    # Measured: fits at 83 and 112, generalises at 1,121 and 750.
+    for wd in (1.5, 3.0):
+        assert phases.val_step[wd] >= 5 * phases.train_step[wd], phases
+    assert phases.val_step[3.0] < 0.8 * phases.val_step[1.5], phases
+    # When training gets there, validation is still far from it.
+    for wd in (1.5, 3.0):
+        h = run.history[run.history.weight_decay == wd].set_index("step")
+        assert h.val_acc[phases.train_step[wd]] < 0.3, h.loc[: phases.train_step[wd], ["train_acc", "val_acc"]]
