@@ -269,7 +269,12 @@ class Spec:
         d = dict(d)
         cls = Spec.registry[d.pop("kind")]
         kwargs = {k: (Spec.from_dict(v) if isinstance(v, dict) and "kind" in v else v) for k, v in d.items()}
-        return cls(**kwargs)
+        return cls(**cls.upgrade(kwargs))
+
+    @classmethod
+    def upgrade(cls, fields: dict) -> dict:
+        """A stored config's fields in this version's names (runs written by an older grokcore)."""
+        return fields
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)

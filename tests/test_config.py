@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import grokcore as gc
+from grokcore.config import Spec
 
 
 def config(**changes) -> gc.RunConfig:
@@ -168,3 +169,12 @@ def test_a_config_cannot_be_changed_behind_its_hash():
         assert twin == a and twin.run_name == name
         with pytest.raises(TypeError):
             twin.sweep["lr"] = (0.1,)
+
+
+def test_a_stored_config_with_the_old_mlp_bias_field_still_reads():
+    """Runs written before ``bias`` replaced ``mlp_bias`` (2026-12-06) open as the same network."""
+    cfg = gc.Transformer(n_layers=1, norm="none", bias="mlp", init="nanda")
+    stored = cfg.to_dict()
+    del stored["bias"]
+    for old, new in [(True, "mlp"), (False, "none")]:
+        assert Spec.from_dict({**stored, "mlp_bias": old}) == cfg.replace(bias=new)

@@ -361,6 +361,12 @@ def test_measures_refuse_what_they_do_not_measure():
     mlp = SimpleNamespace(config=SimpleNamespace(task=addition, model=gc.ModularMLP(width=8)), members=[{}])
     with pytest.raises(ValueError, match=r"^model = ModularMLP is not allowed"):
         fourier.progress_measures(mlp)
+    no_equals = SimpleNamespace(config=SimpleNamespace(task=addition.replace(eq_token=False)))
+    with pytest.raises(ValueError, match=r"^task.eq_token = False is not allowed"):
+        fourier.progress_measures(no_equals)
+    both = SimpleNamespace(config=SimpleNamespace(task=addition, model=gc.Transformer(readout="concat")), members=[{}])
+    with pytest.raises(ValueError, match=r"^model.readout = 'concat' is not allowed"):
+        fourier.progress_measures(both)
     one = SimpleNamespace(config=SimpleNamespace(task=addition, model=gc.Transformer()), members=[{}])
     with pytest.raises(ValueError, match=r"^member = 3 is not allowed: this run has members 0 to 0"):
         fourier.progress_measures(one, member=3)

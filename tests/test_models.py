@@ -81,11 +81,14 @@ def full_forward(model, tokens):
     return linear(x[:, -1] if cfg.readout == "last" else x.flatten(1), "unembed", cfg.bias == "all")
 
 
-#: (activation, bias, init, attention, readout): Power's, Nanda's and Liu's code's.
+#: (activation, bias, init, attention, readout): Power's, Nanda's and Liu's code's, and the
+#: two other pairings of attention and readout.
 VARIANTS = [
     ("relu", "none", "pytorch", "causal", "last"),
     ("gelu", "mlp", "nanda", "causal", "last"),
     ("relu", "all", "encoder", "full", "concat"),
+    ("gelu", "all", "pytorch", "full", "last"),
+    ("relu", "mlp", "encoder", "causal", "concat"),
 ]
 
 

@@ -57,7 +57,8 @@ def test_liu_transformer_needs_weight_decay_to_generalise(tmp_path):
     no position code, both positions read out; tiny here): the embedding on a fixed learning
     rate (1e-3), the rest swept. Without weight decay it fits the training set and never
     generalises; with weight decay it generalises, long after fitting, and more weight decay
-    generalises sooner (unlike the toy model)."""
+    generalises sooner (unlike the toy model). Medians over three seeds: single seeds vary
+    (the speed-up was 0.33x to 0.82x over seeds 0-4)."""
     config = gc.RunConfig(
         name="science-liu-transformer-phases",
         task=gc.AlgorithmicTask(op="x+y", p=23, train_fraction=0.8, op_token=False, eq_token=False),
@@ -66,20 +67,25 @@ def test_liu_transformer_needs_weight_decay_to_generalise(tmp_path):
         optim=gc.AdamW(betas=(0.9, 0.999), warmup_steps=0, groups={"embed": {"lr": 1e-3, "weight_decay": 0.01}}),
         steps=2500,
         batch_size=None,
+        seeds=3,
         sweep={"lr": [4e-3], "weight_decay": [0.0, 1.5, 3.0]},
         eval_points=80,
         checkpoints=0,
     )
     run = gc.train(config, root=tmp_path, progress=False)
-    phases = classify_phases(run.history, threshold=0.9, lag=1000).set_index("weight_decay")
-    best_val = run.history.groupby("weight_decay").val_acc.max()
-    # Measured (torch 2.14, CPU): fits at step 68 and stays under 8% validation accuracy.
-    assert phases.phase[0.0] == "memorization" and best_val[0.0] < 0.3, phases
-    # Measured: fits at 83 and 112, generalises at 1,121 and 750.
-    for wd in (1.5, 3.0):
-        assert phases.val_step[wd] >= 5 * phases.train_step[wd], phases
-    assert phases.val_step[3.0] < 0.8 * phases.val_step[1.5], phases
+    phases = classify_phases(run.history, threshold=0.9, lag=1000)
+    # Every seed fits without weight decay and never generalises.
+    assert (phases[phases.weight_decay == 0].phase == "memorization").all(), phases
+    assert run.history[run.history.weight_decay == 0].val_acc.max() < 0.3, phases
+    # With weight decay it generalises (a member that never does counts as one step past the
+    # budget), long after it fits, and sooner with more. Measured: fits at 75-83 and 112
+    # steps, generalises at 1,121-2,046 (median 1,850) and 750-1,121 (median 1,014).
+    val_step = phases.val_step.fillna(config.steps + 1)
+    median = val_step.groupby(phases.weight_decay).median()
+    delay = (val_step / phases.train_step).groupby(phases.weight_decay).median()
+    assert median[1.5] <= config.steps and median[3.0] < 0.8 * median[1.5], phases
+    assert delay[1.5] >= 5 and delay[3.0] >= 5, delay
     # When training gets there, validation is still far from it.
-    for wd in (1.5, 3.0):
-        h = run.history[run.history.weight_decay == wd].set_index("step")
-        assert h.val_acc[phases.train_step[wd]] < 0.3, h.loc[: phases.train_step[wd], ["train_acc", "val_acc"]]
+    for _, member in phases[phases.weight_decay > 0].iterrows():
+        h = run.history[run.history.member == member.member].set_index("step")
+        assert h.val_acc[member.train_step] < 0.3, h.loc[: member.train_step, ["train_acc", "val_acc"]]

@@ -241,6 +241,10 @@ def progress_measures(run, member: int = 0, key_freqs: list[int] | None = None, 
             f"model = {type(run.config.model).__name__} is not allowed: the progress measures read a Transformer's"
             " embedding, MLP neurons and unembedding"
         )
+    if run.config.model.readout != "last":
+        raise ValueError(
+            f"model.readout = {run.config.model.readout!r} is not allowed: the progress measures read the last position"
+        )
     if not 0 <= member < len(run.members):
         raise ValueError(f"member = {member} is not allowed: this run has members 0 to {len(run.members) - 1}")
     p = task.p

@@ -1,4 +1,4 @@
-"""A small decoder-only transformer that reads its answer out at the last token.
+"""A small transformer that reads its answer out at the last token, or at every token.
 
 One class covers the grokking papers' transformers through its config:
 
@@ -51,6 +51,13 @@ class Transformer(Spec):
         "(Xavier-uniform q, k, v, zero attention biases)",
     )
     init_scale: float = spec_field(1.0, check=POSITIVE, doc="multiply every initial weight by this")
+
+    @classmethod
+    def upgrade(cls, fields: dict) -> dict:
+        if "mlp_bias" in fields:  # before bias="none" | "mlp" | "all" (2026-12-06)
+            fields = dict(fields)
+            fields["bias"] = "mlp" if fields.pop("mlp_bias") else "none"
+        return fields
 
     def validate(self):
         if self.d_model % self.n_heads:
