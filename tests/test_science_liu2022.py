@@ -65,7 +65,7 @@ def test_liu_transformer_needs_weight_decay_to_generalise(tmp_path):
         model=gc.Transformer(n_layers=1, d_model=32, n_heads=1, d_mlp=32, norm="pre", positions="none",
                              attention="full", readout="concat", bias="all", init="encoder"),
         optim=gc.AdamW(betas=(0.9, 0.999), warmup_steps=0, groups={"embed": {"lr": 1e-3, "weight_decay": 0.01}}),
-        steps=2500,
+        steps=2200,
         batch_size=None,
         seeds=3,
         sweep={"lr": [4e-3], "weight_decay": [0.0, 1.5, 3.0]},
