@@ -34,7 +34,9 @@ class Transformer(Spec):
     n_heads: int = spec_field(4, check=POSITIVE, doc="attention heads (d_model / n_heads each)")
     d_mlp: int = spec_field(512, check=POSITIVE, doc="MLP hidden width")
     norm: Literal["post", "pre", "none"] = spec_field("post", doc="LayerNorm placement")
-    positions: Literal["learned", "sinusoidal", "none"] = spec_field("learned", doc="position code (none: the tokens alone)")
+    positions: Literal["learned", "sinusoidal", "none"] = spec_field(
+        "learned", doc="position code (none: the tokens alone; with full attention only a concat readout then sees their order)"
+    )
     attention: Literal["causal", "full"] = spec_field(
         "causal", doc="causal: a position attends to itself and those before it; full: to every position (an encoder)"
     )
