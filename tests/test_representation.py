@@ -1,6 +1,7 @@
 """Liu et al.'s RQI and phase classification, against hand-built inputs."""
 
 import math
+import warnings
 
 import pandas as pd
 import pytest
@@ -190,3 +191,36 @@ def test_a_toy_split_is_the_first_covering_draw_of_its_seed(fraction):
             if len(set(sums[perm[:n_train]].tolist())) == 19:
                 break
         assert torch.equal(task.split(seed)[0], perm[:n_train]), seed
+
+
+def phases_possible(train, val, steps, lag):
+    """Brute force: every phase the rule gives over each pair of steps at which the two
+    accuracies could have crossed, between the evaluation before each first step and it."""
+    def could_be(first):
+        before = [s for s in steps if s < first]
+        return range(int(before[-1]) + 1 if before else int(first), int(first) + 1)
+    return {"grokking" if v - t >= lag else "comprehension" for t in could_be(train) for v in could_be(val)}
+
+
+def test_phase_resolved_where_the_evaluations_decide_it():
+    steps = list(range(0, 5001, 75))
+    crossings = [(200, 1150), (200, 1300), (200, 1000), (200, 1240), (300, None)]
+    h = pd.DataFrame([row for m, (t, v) in enumerate(crossings) for row in history(m, t, v, steps)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # evaluations 75 apart against a lag of 1,000: no warning
+        phases = classify_phases(h, threshold=0.9, lag=1000)
+    for row in phases.itertuples():
+        if row.phase in ("comprehension", "grokking"):
+            possible = phases_possible(row.train_step, row.val_step, steps, 1000)
+            assert row.resolved == (len(possible) == 1), (row, possible)
+    assert phases["resolved"].tolist() == [False, True, True, False, True]
+
+
+def test_phase_warns_where_evaluations_lie_further_apart_than_the_lag():
+    steps = [0, 100, 200, 2000, 4000, 5000]
+    h = pd.DataFrame(history(0, 150, 1500, steps) + history(1, 150, 4500, steps))
+    with pytest.warns(UserWarning, match=r"1 member\(s\) .* more than the lag \(1000 steps\) apart \(up to 1800\)"):
+        phases = classify_phases(h, threshold=0.9, lag=1000)
+    assert phases["phase"].tolist() == ["grokking", "grokking"]
+    assert phases["resolved"].tolist() == [False, True]
+    assert [len(phases_possible(t, v, steps, 1000)) for t, v in zip(phases.train_step, phases.val_step)] == [2, 1]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -47,15 +49,38 @@ def classify_phases(history: pd.DataFrame, threshold: float = 0.9, lag: float = 
     it), *grokking* if validation gets there ``lag`` or more steps after training,
     *memorization* if only training does, *confusion* if training never does, whatever
     validation does.
+
+    An accuracy first seen at or above ``threshold`` at one evaluation crossed it at some step
+    after the evaluation before. ``resolved`` says whether the phase is the same wherever in
+    those gaps the two crossings fell; where the gap itself is longer than ``lag``, as late in
+    a run evaluated at log-spaced steps alone, the evaluations are too sparse for the rule and
+    a warning says so.
     """
     train = first_step(history, "train_acc", threshold)
     val = first_step(history, "val_acc", threshold)
     phase = pd.Series("confusion", index=train.index)
     phase[train.notna() & val.isna()] = "memorization"
     both = train.notna() & val.notna()
-    phase[both & (val - train < lag)] = "comprehension"
-    phase[both & (val - train >= lag)] = "grokking"
+    delay = val - train
+    phase[both & (delay < lag)] = "comprehension"
+    phase[both & (delay >= lag)] = "grokking"
+
+    # A first step could have been as early as one after the evaluation before it (its slack).
+    grid = np.sort(history["step"].unique())
+    previous = pd.Series(grid[:-1], index=grid[1:])
+    train_slack, val_slack = (s - s.map(previous).fillna(s - 1) - 1 for s in (train, val))
+    resolved = ~both | ((delay - val_slack >= lag) == (delay + train_slack >= lag))
+    gaps = np.maximum(train_slack, val_slack) + 1
+    coarse = ~resolved & (gaps > lag)
+    if coarse.any():
+        warnings.warn(
+            f"{int(coarse.sum())} member(s) reached accuracy {threshold} where evaluations lie more than the lag "
+            f"({lag:g} steps) apart (up to {gaps[coarse].max():.0f}): whether they grokked is not resolved. "
+            "Evaluate more often (RunConfig.eval_every).",
+            stacklevel=2,
+        )
+
     keys = [c for c in ("seed", "train_fraction", "lr", "weight_decay", "eps", "init_scale") if c in history.columns]
     out = history.groupby("member")[keys].first()
-    out["train_step"], out["val_step"], out["phase"] = train, val, phase
+    out["train_step"], out["val_step"], out["phase"], out["resolved"] = train, val, phase, resolved
     return out.reset_index()
