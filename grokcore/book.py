@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -220,6 +221,33 @@ def failed_path(executed: Path) -> Path:
     return executed.with_suffix(".failed.ipynb")
 
 
+def _host() -> str:
+    return socket.gethostname().replace(".", "_")  # no dots: they would read as suffixes
+
+
+def partial_path(executed: Path, pid: int, host: str | None = None) -> Path:
+    """Where process ``pid`` on ``host`` (default: this one) writes ``executed`` while it runs.
+    Named by both, since the nodes of a cluster share the book's folder but not their PIDs."""
+    return executed.with_suffix(f".{host or _host()}-{pid}.partial.ipynb")
+
+
+def remove_stale_partials(executed: Path) -> None:
+    """Remove what runs of ``executed`` killed without warning (SIGKILL, a lost node) left
+    behind: partial notebooks of this host whose process is gone. Those of other hosts stay,
+    since from here there is no telling whether they still run."""
+    prefix = f"{executed.stem}.{_host()}-"
+    for path in executed.parent.glob(f"{prefix}*.partial.ipynb"):
+        pid = path.name[len(prefix):-len(".partial.ipynb")]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 @contextlib.contextmanager
 def forward_signals():
     """Pass SIGTERM and SIGINT (Ctrl-C) on to the notebook's kernel, as SIGTERM, while it runs;
@@ -291,7 +319,8 @@ def execute(
             return Failure(rel, "parameters", str(e))
     out = executed_path(root, notebook, preset, overrides)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(f".{os.getpid()}.partial.ipynb")  # papermill writes it cell by cell
+    remove_stale_partials(out)
+    partial = partial_path(out, os.getpid())  # papermill writes it cell by cell
     # The kernel inherits these: one run store for the whole book (absolute: the kernel runs in
     # the notebook's folder); no per-step bars in pages (a progress line now and then on this
     # command's stderr instead, or nothing).

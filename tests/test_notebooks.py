@@ -562,3 +562,24 @@ def test_help_shows_working_examples_and_what_the_presets_are(capsys):
         with pytest.raises(SystemExit):
             main([*command, "--help"])
         assert "ci (seconds), cpu (minutes on a laptop), paper (the papers' settings, for a GPU)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_killed_runs_partial_notebook_is_removed_by_the_next_run_on_its_host(tmp_path):
+    """SIGKILL leaves the partial notebook papermill was writing. The next run of that notebook
+    removes it if its process is gone from this host; a live process's, another host's (whose
+    process may live) and another notebook's stay."""
+    out = tmp_path / "_build" / "executed" / "cpu" / "nb.ipynb"
+    out.parent.mkdir(parents=True)
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    stale = book.partial_path(out, finished.pid)
+    kept = [
+        book.partial_path(out, os.getpid()),
+        book.partial_path(out, finished.pid, host="another-node"),
+        book.partial_path(out.with_name("nb2.ipynb"), finished.pid),
+    ]
+    for path in [stale, *kept]:
+        path.write_text("{}")
+    book.remove_stale_partials(out)
+    assert not stale.exists()
+    assert all(path.exists() for path in kept)
