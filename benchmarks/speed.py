@@ -185,7 +185,7 @@ def plain_setup(config: gc.RunConfig, device, paper_module: bool = False):
     opt = torch.optim.AdamW(model.parameters(), lr=member["lr"], betas=config.optim.betas, weight_decay=member["weight_decay"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, t / config.optim.warmup_steps))
     inputs, targets = config.task.examples()
-    train_idx, val_idx = config.task.split(member["seed"])
+    train_idx, val_idx = config.task.member_split(member)
     data = [t.to(device) for t in (inputs[train_idx], targets[train_idx], inputs[val_idx], targets[val_idx])]
     return model, opt, sched, data
 

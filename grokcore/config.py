@@ -368,9 +368,10 @@ class AdamW(Spec):
 # --------------------------------------------------------------------------------------
 
 #: Hyper-parameters that may differ between the members of one vectorised run, and the
-#: config section each one lives in.
+#: config section each one lives in (None: the member's own).
 SWEEPABLE = {
     "seed": None,
+    "split_seed": None,  # the train/validation split's seed, where it should not be the member's seed
     "train_fraction": "task",
     "lr": "optim",
     "weight_decay": "optim",
@@ -385,7 +386,8 @@ class RunConfig(Spec):
 
     Members are the product of ``sweep`` (hyper-parameters that differ per member) and
     ``seeds`` consecutive seeds starting at ``seed``. A member's seed fixes its
-    initialisation, its train/validation split and its batches.
+    initialisation, its batches and, unless ``sweep`` gives ``split_seed`` values, its
+    train/validation split: sweeping ``split_seed`` tells the split's part from the rest.
     """
 
     name: str = spec_field(check=RUN_NAME, doc="a short label; the run folder is <name>-<hash>")
@@ -444,6 +446,12 @@ class RunConfig(Spec):
                 raise ConfigError(f"sweep[{key!r}] = {values!r} is not allowed: must be {allowed}")
             if key == "seed":
                 raise ConfigError("sweep key 'seed' is not allowed: use seed= and seeds=")
+            if key == "split_seed":
+                # A split derives seeds from it that must fit in 64 bits (as seed + seeds must).
+                whole = [isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in sweep[key]]
+                if not all(whole) or not all(0 <= v < 2**32 for v in sweep[key]):
+                    raise ConfigError(f"sweep['split_seed'] = {values!r} is not allowed: must be whole numbers in [0, 2**32)")
+                sweep[key] = [int(v) for v in sweep[key]]  # NumPy's as Python's, as written and hashed
         if self.seed + self.seeds > 2**32:  # seeds derived from it (a split's) must fit in 64 bits
             raise ConfigError(f"seed = {self.seed} is not allowed with seeds = {self.seeds}: seed + seeds must be at most 2**32")
         for i, prefix in enumerate(self.track_norms):
@@ -455,6 +463,9 @@ class RunConfig(Spec):
         # it (1 -> 1.0), so that equal sweeps hash alike.
         normalised = {}
         for key, values in sorted(sweep.items()):
+            if SWEEPABLE[key] is None:
+                normalised[key] = tuple(values)
+                continue
             section = getattr(self, SWEEPABLE[key])
             normalised[key] = tuple(getattr(section.replace(**{key: v}), key) for v in values)
         object.__setattr__(self, "sweep", FrozenDict(normalised))
@@ -470,7 +481,7 @@ class RunConfig(Spec):
             for s in range(self.seeds):
                 m = {"seed": self.seed + s}
                 for k in SWEEPABLE:
-                    if k == "seed":
+                    if SWEEPABLE[k] is None:
                         continue
                     section = getattr(self, SWEEPABLE[k])
                     if hasattr(section, k):

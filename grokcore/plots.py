@@ -42,9 +42,10 @@ def held(history: pd.DataFrame) -> pd.DataFrame:
 
 
 def _band_name(history: pd.DataFrame) -> str:
-    """What a band spans: "seeds" where the members differ only in their seed."""
+    """What a band spans: "seeds" where the members differ only in their seeds (and splits)."""
     members = history.groupby("member").first()
-    swept = [c for c in members.columns if c in MEMBER_COLUMNS and c != "seed" and members[c].nunique() > 1]
+    seeds = ("seed", "split_seed")
+    swept = [c for c in members.columns if c in MEMBER_COLUMNS and c not in seeds and members[c].nunique() > 1]
     return "members" if swept or "seed" not in members else "seeds"
 
 

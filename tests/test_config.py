@@ -19,9 +19,9 @@ def test_the_sweep_key_error_lists_only_keys_a_sweep_takes():
     with pytest.raises(gc.ConfigError) as refused:
         config(sweep={"batch_size": [1]})
     allowed = str(refused.value).split("must be one of ")[1].split(", ")
-    assert allowed == ["train_fraction", "lr", "weight_decay", "eps", "init_scale"]
+    assert allowed == ["split_seed", "train_fraction", "lr", "weight_decay", "eps", "init_scale"]
     for key in allowed:  # each one a sweep takes
-        config(sweep={key: [0.5]})
+        config(sweep={key: [3 if key == "split_seed" else 0.5]})
     with pytest.raises(gc.ConfigError, match="sweep key 'seed' is not allowed"):
         config(sweep={"seed": [1, 2]})
 
@@ -52,6 +52,15 @@ def test_members_are_ordered_by_the_sweep_keys_alphabetically_then_seed():
     order = [(m["lr"], m["weight_decay"], m["seed"]) for m in members]
     expected = [(lr, wd, seed) for lr in (0.001, 0.01) for wd in (0.1, 1.0) for seed in (5, 6)]
     assert order == expected
+
+
+def test_split_seeds_are_whole_numbers_that_a_split_can_derive_seeds_from():
+    members = config(sweep={"split_seed": np.arange(7, 9)}, seeds=2).members()
+    assert [(m["seed"], m["split_seed"]) for m in members] == [(0, 7), (1, 7), (0, 8), (1, 8)]
+    assert all(type(m["split_seed"]) is int for m in members)
+    for bad in ([-1], [1.5], [True], [np.bool_(False)], [2**32], ["a"]):
+        with pytest.raises(gc.ConfigError, match=r"^sweep\['split_seed'\] = .* must be whole numbers in \[0, 2\*\*32\)"):
+            config(sweep={"split_seed": bad})
 
 
 SMALL_MODELS = [

@@ -147,6 +147,8 @@ def test_a_band_over_a_sweep_is_over_members_and_over_seeds_only_for_seeds():
     assert "band over 2 seeds" in seeds.get_suptitle()
     swept = grokking_figure(grokking_history({0: 100, 1: 200}, lr={0: 1e-3, 1: 3e-3}))
     assert "band over 2 members" in swept.get_suptitle()
+    splits = grokking_figure(grokking_history({0: 100, 1: 200}, split_seed={0: 5, 1: 6}))
+    assert "band over 2 seeds" in splits.get_suptitle()  # a split's seed is a seed too
 
 
 def test_steps_to_generalise_names_its_threshold():

@@ -673,6 +673,28 @@ def test_stop_at_freezes_members(tmp_path):
     assert metrics_by_hand(run, None, 0, config)["val_acc"] == pytest.approx(h["val_acc"].iloc[-1], abs=1e-6)
 
 
+def test_split_seed_draws_the_split_apart_from_the_initialisation(tmp_path):
+    """Sweeping split_seed: members of one seed start from the same weights on their own
+    splits, and members of one split seed share it. The metrics recorded at step 0 are
+    counted again by hand on task.split(split_seed)."""
+    config = small_config(steps=5, eval_points=3, checkpoints=2, seeds=2, sweep={"split_seed": [7, 8]})
+    run = gc.train(config, root=tmp_path, progress=False)
+    members = [(m["seed"], m["split_seed"]) for m in config.members()]
+    assert members == [(0, 7), (1, 7), (0, 8), (1, 8)]
+    start = run.flat_params(0)
+    assert torch.equal(start[0], start[2]) and torch.equal(start[1], start[3])
+    assert not torch.equal(start[0], start[1])
+    inputs, targets = config.task.examples()
+    recorded = run.history.query("step == 0").set_index("member")
+    assert recorded["split_seed"].tolist() == [7, 7, 8, 8]
+    for member, (_, split_seed) in enumerate(members):
+        for name, idx in zip(("train", "val"), config.task.split(split_seed)):
+            with torch.no_grad():
+                logits = run.model(0, member)(inputs[idx])
+            losses = F.cross_entropy(logits, targets[idx], reduction="none").tolist()
+            assert recorded.loc[member, f"{name}_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+
+
 def two_speed_config(**changes):
     """Member 0 (lr 1e-2) reaches 50% validation accuracy early; member 1 (lr 1e-6) never does."""
     return small_config(task=gc.AlgorithmicTask(op="x+y", p=11, train_fraction=0.9), steps=300, stop_at=0.5,

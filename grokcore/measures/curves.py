@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 #: Columns that identify a member in a history (the swept hyper-parameters).
-MEMBER_COLUMNS = ("member", "seed", "train_fraction", "lr", "weight_decay", "eps", "init_scale")
+MEMBER_COLUMNS = ("member", "seed", "split_seed", "train_fraction", "lr", "weight_decay", "eps", "init_scale")
 
 
 def first_step(history: pd.DataFrame, column: str, threshold: float = 0.99) -> pd.Series:

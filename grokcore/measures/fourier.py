@@ -249,7 +249,7 @@ def progress_measures(run, member: int = 0, key_freqs: list[int] | None = None, 
         raise ValueError(f"member = {member} is not allowed: this run has members 0 to {len(run.members) - 1}")
     p = task.p
     m = run.members[member]
-    train_idx, _ = task.split(m["seed"], m.get("train_fraction"))
+    train_idx, _ = task.member_split(m)
     # The task's equations are a-major over all pairs, as all_pairs: map indices to pairs.
     x, y, _ = task.table()
     pair_index = x * p + y

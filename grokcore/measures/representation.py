@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from grokcore.measures.curves import first_step
+from grokcore.measures.curves import MEMBER_COLUMNS, first_step
 
 PHASES = ("comprehension", "grokking", "memorization", "confusion")
 
@@ -80,7 +80,7 @@ def classify_phases(history: pd.DataFrame, threshold: float = 0.9, lag: float = 
             stacklevel=2,
         )
 
-    keys = [c for c in ("seed", "train_fraction", "lr", "weight_decay", "eps", "init_scale") if c in history.columns]
+    keys = [c for c in MEMBER_COLUMNS[1:] if c in history.columns]
     out = history.groupby("member")[keys].first()
     out["train_step"], out["val_step"], out["phase"], out["resolved"] = train, val, phase, resolved
     return out.reset_index()

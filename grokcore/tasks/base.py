@@ -55,6 +55,11 @@ class Task(Spec):
         """One member's (train indices, validation indices) into :meth:`examples`."""
         raise NotImplementedError
 
+    def member_split(self, member: dict) -> tuple[Tensor, Tensor]:
+        """The split of a member of ``RunConfig.members()``: by its ``split_seed`` where the
+        sweep gives one, else by its seed."""
+        return self.split(member.get("split_seed", member["seed"]), member.get("train_fraction"))
+
     def model_dims(self) -> dict:
         """What a model needs to know about its inputs and outputs."""
         raise NotImplementedError
@@ -66,7 +71,7 @@ class Task(Spec):
 
     def build(self, members: list[dict], device: torch.device | str) -> TaskData:
         inputs, targets = self.examples()
-        train, val = zip(*(self.split(m["seed"], m.get("train_fraction")) for m in members))
+        train, val = zip(*(self.member_split(m) for m in members))
         train_idx, train_weight = _pad(train)
         val_idx, val_weight = _pad(val)
         if all(torch.equal(v, val[0]) for v in val):
