@@ -193,13 +193,20 @@ def test_a_toy_split_is_the_first_covering_draw_of_its_seed(fraction):
         assert torch.equal(task.split(seed)[0], perm[:n_train]), seed
 
 
+def could_be(first, steps):
+    """The steps at which an accuracy first seen at evaluation ``first`` could have crossed."""
+    before = [s for s in steps if s < first]
+    return range(int(before[-1]) + 1 if before else int(first), int(first) + 1)
+
+
+def delays_possible(train, val, steps):
+    """Brute force: every delay between two crossings, each between the evaluation before its
+    first step and that step."""
+    return {v - t for t in could_be(train, steps) for v in could_be(val, steps)}
+
+
 def phases_possible(train, val, steps, lag):
-    """Brute force: every phase the rule gives over each pair of steps at which the two
-    accuracies could have crossed, between the evaluation before each first step and it."""
-    def could_be(first):
-        before = [s for s in steps if s < first]
-        return range(int(before[-1]) + 1 if before else int(first), int(first) + 1)
-    return {"grokking" if v - t >= lag else "comprehension" for t in could_be(train) for v in could_be(val)}
+    return {"grokking" if d >= lag else "comprehension" for d in delays_possible(train, val, steps)}
 
 
 def test_phase_resolved_where_the_evaluations_decide_it():
@@ -216,11 +223,32 @@ def test_phase_resolved_where_the_evaluations_decide_it():
     assert phases["resolved"].tolist() == [False, True, True, False, True]
 
 
-def test_phase_warns_where_evaluations_lie_further_apart_than_the_lag():
-    steps = [0, 100, 200, 2000, 4000, 5000]
-    h = pd.DataFrame(history(0, 150, 1500, steps) + history(1, 150, 4500, steps))
-    with pytest.warns(UserWarning, match=r"1 member\(s\) .* more than the lag \(1000 steps\) apart \(up to 1800\)"):
+def test_phase_resolved_agrees_with_a_brute_force_on_an_irregular_grid():
+    grid = [0, 60, 130, 200, 300, 450, 700, 999, 1000, 1400, 1900, 2500, 3200, 4000]
+    crossings = [(0, 1000)] + [(t, v) for t in (1, 140, 290, 990) for v in (100, 700, 1150, 2000, 3900)]
+    h = pd.DataFrame([row for m, (t, v) in enumerate(crossings) for row in history(m, t, v, grid)])
+    seen = [(min(g for g in grid if g >= t), min(g for g in grid if g >= v)) for t, v in crossings]
+    delays = [delays_possible(t, v, grid) for t, v in seen]
+    # Lags on every edge: the least and the greatest delay each member's crossings allow.
+    edges = {f(d) for d in delays for f in (min, max)}
+    for lag in sorted({300, 640, 1001} | {e for e in edges if e > 0}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # late on, this grid is coarser than most lags
+            phases = classify_phases(h, threshold=0.9, lag=lag)
+        assert phases["phase"].isin(["comprehension", "grokking"]).all()
+        assert phases[["train_step", "val_step"]].to_numpy().tolist() == [list(pair) for pair in seen]
+        for row, possible in zip(phases.itertuples(), delays):
+            assert row.resolved == (len({d >= lag for d in possible}) == 1), (lag, row)
+
+
+def test_phase_warns_where_a_members_evaluations_lie_as_far_apart_as_the_lag():
+    """Each member by its own evaluations: every 100 steps decides; every 1,500 steps, or every
+    1,000 against a lag of 1,000, cannot tell grokking from comprehension."""
+    grids = [range(0, 5001, 100), range(0, 5001, 1500), range(0, 5001, 1000)]
+    h = pd.DataFrame([row for m, grid in enumerate(grids) for row in history(m, 150, 1500, grid)])
+    with pytest.warns(UserWarning, match=r"^2 member\(s\) .* as far apart as the lag \(1000 steps\) or further \(up to 1500\)"):
         phases = classify_phases(h, threshold=0.9, lag=1000)
-    assert phases["phase"].tolist() == ["grokking", "grokking"]
-    assert phases["resolved"].tolist() == [False, True]
-    assert [len(phases_possible(t, v, steps, 1000)) for t, v in zip(phases.train_step, phases.val_step)] == [2, 1]
+    assert phases["phase"].tolist() == ["grokking", "comprehension", "grokking"]
+    assert phases["resolved"].tolist() == [True, False, False]
+    possible = [phases_possible(row.train_step, row.val_step, list(grid), 1000) for row, grid in zip(phases.itertuples(), grids)]
+    assert [len(p) for p in possible] == [1, 2, 2]

@@ -51,10 +51,10 @@ def classify_phases(history: pd.DataFrame, threshold: float = 0.9, lag: float = 
     validation does.
 
     An accuracy first seen at or above ``threshold`` at one evaluation crossed it at some step
-    after the evaluation before. ``resolved`` says whether the phase is the same wherever in
-    those gaps the two crossings fell; where the gap itself is longer than ``lag``, as late in
-    a run evaluated at log-spaced steps alone, the evaluations are too sparse for the rule and
-    a warning says so.
+    after the member's evaluation before (steps are whole numbers). ``resolved`` says whether
+    the phase is the same wherever in those gaps the two crossings fell; where a gap is as long
+    as ``lag`` or longer, as late in a run evaluated at log-spaced steps alone, the evaluations
+    are too sparse for the rule and a warning says so.
     """
     train = first_step(history, "train_acc", threshold)
     val = first_step(history, "val_acc", threshold)
@@ -65,17 +65,14 @@ def classify_phases(history: pd.DataFrame, threshold: float = 0.9, lag: float = 
     phase[both & (delay < lag)] = "comprehension"
     phase[both & (delay >= lag)] = "grokking"
 
-    # A first step could have been as early as one after the evaluation before it (its slack).
-    grid = np.sort(history["step"].unique())
-    previous = pd.Series(grid[:-1], index=grid[1:])
-    train_slack, val_slack = (s - s.map(previous).fillna(s - 1) - 1 for s in (train, val))
+    train_slack, val_slack = _slack(history, train), _slack(history, val)
     resolved = ~both | ((delay - val_slack >= lag) == (delay + train_slack >= lag))
     gaps = np.maximum(train_slack, val_slack) + 1
-    coarse = ~resolved & (gaps > lag)
+    coarse = ~resolved & (gaps >= lag)
     if coarse.any():
         warnings.warn(
-            f"{int(coarse.sum())} member(s) reached accuracy {threshold} where evaluations lie more than the lag "
-            f"({lag:g} steps) apart (up to {gaps[coarse].max():.0f}): whether they grokked is not resolved. "
+            f"{int(coarse.sum())} member(s) reached accuracy {threshold} where evaluations lie as far apart as the lag "
+            f"({lag:g} steps) or further (up to {gaps[coarse].max():.0f}): whether they grokked is not resolved. "
             "Evaluate more often (RunConfig.eval_every).",
             stacklevel=2,
         )
@@ -84,3 +81,12 @@ def classify_phases(history: pd.DataFrame, threshold: float = 0.9, lag: float = 
     out = history.groupby("member")[keys].first()
     out["train_step"], out["val_step"], out["phase"], out["resolved"] = train, val, phase, resolved
     return out.reset_index()
+
+
+def _slack(history: pd.DataFrame, first: pd.Series) -> pd.Series:
+    """Per member, how many steps before its ``first`` step the crossing could have been: those
+    after the member's own evaluation before it. None before a member's first evaluation, taken
+    to be the start of training (so a history cut at the front claims too much)."""
+    reached = history["member"].map(first)
+    before = history.loc[history["step"] < reached].groupby("member")["step"].max()
+    return first - before.reindex(first.index).fillna(first - 1) - 1
