@@ -61,7 +61,7 @@ def plain_pytorch_trajectory(config, member, steps, groups=()):
     warmup = config.optim.warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, t / warmup))
     inputs, targets = config.task.examples()
-    train_idx, _ = config.task.split(member["seed"], member.get("train_fraction"))
+    train_idx, _ = config.task.member_split(member)
     for _ in range(steps):
         loss = F.cross_entropy(model(inputs[train_idx]), targets[train_idx])
         opt.zero_grad()
@@ -651,7 +651,7 @@ def metrics_by_hand(run, step, member, config):
     training and validation examples, counted one example at a time."""
     inputs, targets = config.task.examples()
     settings = config.members()[member]
-    splits = dict(zip(("train", "val"), config.task.split(settings["seed"], settings.get("train_fraction"))))
+    splits = dict(zip(("train", "val"), config.task.member_split(settings)))
     out = {}
     for name, idx in splits.items():
         with torch.no_grad():

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from grokcore.config import SWEEPABLE
+
 #: Columns that identify a member in a history (the swept hyper-parameters).
-MEMBER_COLUMNS = ("member", "seed", "split_seed", "train_fraction", "lr", "weight_decay", "eps", "init_scale")
+MEMBER_COLUMNS = ("member", *SWEEPABLE)
 
 
 def first_step(history: pd.DataFrame, column: str, threshold: float = 0.99) -> pd.Series:

@@ -85,8 +85,8 @@ def classify_phases(history: pd.DataFrame, threshold: float = 0.9, lag: float = 
 
 def _slack(history: pd.DataFrame, first: pd.Series) -> pd.Series:
     """Per member, how many steps before its ``first`` step the crossing could have been: those
-    after the member's own evaluation before it. None before a member's first evaluation, taken
-    to be the start of training (so a history cut at the front claims too much)."""
+    after the member's own evaluation before it. At a member's first evaluation, none, as if
+    training started there (not so in a history cut at the front)."""
     reached = history["member"].map(first)
     before = history.loc[history["step"] < reached].groupby("member")["step"].max()
     return first - before.reindex(first.index).fillna(first - 1) - 1

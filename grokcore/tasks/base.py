@@ -57,7 +57,7 @@ class Task(Spec):
 
     def member_split(self, member: dict) -> tuple[Tensor, Tensor]:
         """The split of a member of ``RunConfig.members()``: by its ``split_seed`` where the
-        sweep gives one, else by its seed."""
+        sweep gives one, else by its seed (so split seed k is the split of the member of seed k)."""
         return self.split(member.get("split_seed", member["seed"]), member.get("train_fraction"))
 
     def model_dims(self) -> dict:
