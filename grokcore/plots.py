@@ -13,7 +13,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import offset_copy
 
-from grokcore.measures.curves import MEMBER_COLUMNS, first_step, one_member
+from grokcore.measures.curves import first_step, member_table, one_member
 
 SPLIT_COLORS = {"train": "#1f77b4", "val": "#d62728"}
 BAND = ("pi", 100)  # min-max over seeds
@@ -43,9 +43,8 @@ def held(history: pd.DataFrame) -> pd.DataFrame:
 
 def _band_name(history: pd.DataFrame) -> str:
     """What a band spans: "seeds" where the members differ only in their seeds (and splits)."""
-    members = history.groupby("member").first()
-    seeds = ("seed", "split_seed")
-    swept = [c for c in members.columns if c in MEMBER_COLUMNS and c not in seeds and members[c].nunique() > 1]
+    members = member_table(history)
+    swept = [c for c in members.columns if c not in ("seed", "split_seed") and members[c].nunique() > 1]
     return "members" if swept or "seed" not in members else "seeds"
 
 

@@ -11,6 +11,15 @@ from grokcore.config import SWEEPABLE
 MEMBER_COLUMNS = ("member", *SWEEPABLE)
 
 
+def member_table(history: pd.DataFrame) -> pd.DataFrame:
+    """One row per member (indexed by member) with the columns that identify it: its seeds and
+    swept hyper-parameters, those the history has."""
+    keys = [c for c in MEMBER_COLUMNS[1:] if c in history.columns]
+    if keys:
+        return history.groupby("member")[keys].first()
+    return pd.DataFrame(index=pd.Index(sorted(history["member"].unique()), name="member"))
+
+
 def first_step(history: pd.DataFrame, column: str, threshold: float = 0.99) -> pd.Series:
     """Per member, the first evaluated step where ``column >= threshold`` (NaN if never).
 
@@ -41,11 +50,7 @@ def grokking_delays(history: pd.DataFrame, threshold: float = 0.99) -> pd.DataFr
     ``budget`` is the last step the member was trained for, so a NaN val_step means
     "not reached within ``budget`` steps".
     """
-    keys = [c for c in MEMBER_COLUMNS if c in history.columns]
-    if len(keys) > 1:
-        out = history.groupby("member")[keys[1:]].first()
-    else:
-        out = pd.DataFrame(index=pd.Index(sorted(history["member"].unique()), name="member"))
+    out = member_table(history)
     out["train_step"] = first_step(history, "train_acc", threshold)
     out["val_step"] = first_step(history, "val_acc", threshold)
     out["delay"] = out["val_step"] / out["train_step"].clip(lower=1)

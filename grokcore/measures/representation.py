@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from grokcore.measures.curves import MEMBER_COLUMNS, first_step
+from grokcore.measures.curves import first_step, member_table
 
 PHASES = ("comprehension", "grokking", "memorization", "confusion")
 
@@ -77,8 +77,7 @@ def classify_phases(history: pd.DataFrame, threshold: float = 0.9, lag: float = 
             stacklevel=2,
         )
 
-    keys = [c for c in MEMBER_COLUMNS[1:] if c in history.columns]
-    out = history.groupby("member")[keys].first()
+    out = member_table(history)
     out["train_step"], out["val_step"], out["phase"], out["resolved"] = train, val, phase, resolved
     return out.reset_index()
 
