@@ -3,7 +3,7 @@ for the grokking literature. See DESIGN.md in the book's repository for the data
 
 __version__ = "0.1.0"
 
-from grokcore.config import AdamW, ConfigError, RunConfig  # noqa: E402
+from grokcore.config import AdamW, ConfigError, RunConfig, lr_weight_decay_grid  # noqa: E402
 from grokcore.models import ModularMLP, SumEmbeddingMLP, Transformer  # noqa: E402
 from grokcore.runs import Run, load  # noqa: E402
 from grokcore.tasks import OPS, POWER_OPS, AlgorithmicTask, ToyAddition  # noqa: E402
@@ -23,6 +23,7 @@ __all__ = [
     "ModularMLP",
     "Transformer",
     "load",
+    "lr_weight_decay_grid",
     "measures",
     "models",
     "plots",

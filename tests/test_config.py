@@ -187,3 +187,35 @@ def test_a_stored_config_with_the_old_mlp_bias_field_still_reads():
     del stored["bias"]
     for old, new in [(True, "mlp"), (False, "none")]:
         assert Spec.from_dict({**stored, "mlp_bias": old}) == cfg.replace(bias=new)
+
+
+def test_the_phase_diagram_grid_is_log_spaced_in_lr_and_even_in_weight_decay():
+    """Worked out by hand: lr_i = lo * (hi / lo) ** (i / (n - 1)), wd_j = max * j / (n - 1)."""
+    grid = gc.lr_weight_decay_grid([1e-5, 1e-2], 4, 20.0, 5)
+    assert grid["lr"] == pytest.approx([1e-5, 1e-4, 1e-3, 1e-2], rel=1e-12)
+    assert grid["weight_decay"] == pytest.approx([0.0, 5.0, 10.0, 15.0, 20.0], rel=1e-12)
+    assert all(type(v) is float for v in grid["lr"] + grid["weight_decay"])  # hashed as if typed
+    # One point each: the smallest lr and no weight decay; NumPy's numbers as good as Python's.
+    assert gc.lr_weight_decay_grid(np.array([3e-4, 1e-2]), np.int64(1), np.float32(4), 1) == {"lr": [3e-4], "weight_decay": [0.0]}
+    config(sweep=grid)  # a sweep a config takes
+
+
+@pytest.mark.parametrize(
+    "args, name",
+    [
+        (([1e-2], 3, 1.0, 2), "lr_range"),  # np.geomspace would take 1e-2 as the stop and 3 as ...
+        (([1e-3, 1e-2, 5], 3, 1.0, 2), "lr_range"),  # ... and a third number as the count
+        (([1e-2, 1e-3], 3, 1.0, 2), "lr_range"),
+        (([0.0, 1e-3], 3, 1.0, 2), "lr_range"),
+        (([1e-3, float("nan")], 3, 1.0, 2), "lr_range"),
+        ((1e-3, 3, 1.0, 2), "lr_range"),
+        (([1e-3, 1e-2], 0, 1.0, 2), "n_lr"),
+        (([1e-3, 1e-2], 2.5, 1.0, 2), "n_lr"),
+        (([1e-3, 1e-2], 3, 1.0, True), "n_weight_decay"),
+        (([1e-3, 1e-2], 3, -1.0, 2), "weight_decay_max"),
+        (([1e-3, 1e-2], 3, float("inf"), 2), "weight_decay_max"),
+    ],
+)
+def test_the_phase_diagram_grid_names_the_parameter_it_refuses(args, name):
+    with pytest.raises(gc.ConfigError, match=rf"^{name} = .* is not allowed: must be "):
+        gc.lr_weight_decay_grid(*args)
