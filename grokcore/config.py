@@ -502,15 +502,13 @@ class RunConfig(Spec):
         return f"{self.name}-{self.hash()}"
 
 
-
-
 def lr_weight_decay_grid(lr_range, n_lr: int, weight_decay_max: float, n_weight_decay: int) -> dict:
     """A phase-diagram plane as a ``sweep``: ``n_lr`` learning rates log-spaced from the first of
     ``lr_range`` to the second, both included, by ``n_weight_decay`` weight decays evenly spaced
     from 0 to ``weight_decay_max`` (Liu et al. 2022's Figures 6 and 7). The arguments are
     checked by the names a notebook gives them, before any work starts."""
     lr_pair = Check(lambda v: len(v) == 2 and all(POSITIVE.ok(x) for x in v) and v[0] <= v[1],
-                    "two numbers, the smallest and the largest learning rate, with 0 < smallest <= largest")
+                    "two finite numbers, the smallest and the largest learning rate, with 0 < smallest <= largest")
     count = Check(lambda v: v >= 1, "a whole number >= 1")
     lo, hi = _checked("lr_range", lr_range, tuple[float, ...], lr_pair)
     n_lr = _checked("n_lr", n_lr, int, count)

@@ -1,9 +1,11 @@
 """Config validation: what a config accepts, and what its errors say."""
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 import grokcore as gc
 from grokcore.config import Spec
@@ -200,6 +202,19 @@ def test_the_phase_diagram_grid_is_log_spaced_in_lr_and_even_in_weight_decay():
     config(sweep=grid)  # a sweep a config takes
 
 
+def test_the_phase_diagram_grid_keeps_the_lists_the_liu_notebooks_wrote_out():
+    """The Liu notebooks built their sweep with these NumPy calls before the grid had a function;
+    equal lists to the bit keep the config hashes, and so the stored runs, of their presets."""
+    presets = sorted((Path(__file__).parents[1] / "parameters" / "liu2022").glob("*/*.yaml"))
+    assert len(presets) == 6
+    for preset in presets:
+        p = yaml.safe_load(preset.read_text())
+        assert gc.lr_weight_decay_grid(p["lr_range"], p["n_lr"], p["weight_decay_max"], p["n_weight_decay"]) == {
+            "lr": np.geomspace(*p["lr_range"], p["n_lr"]).tolist(),
+            "weight_decay": np.linspace(0, p["weight_decay_max"], p["n_weight_decay"]).tolist(),
+        }, preset
+
+
 @pytest.mark.parametrize(
     "args, name",
     [
@@ -212,6 +227,8 @@ def test_the_phase_diagram_grid_is_log_spaced_in_lr_and_even_in_weight_decay():
         (([1e-3, 1e-2], 0, 1.0, 2), "n_lr"),
         (([1e-3, 1e-2], 2.5, 1.0, 2), "n_lr"),
         (([1e-3, 1e-2], 3, 1.0, True), "n_weight_decay"),
+        (([1e-3, 1e-2], 3, 1.0, 0), "n_weight_decay"),
+        (([1e-3, 1e-2], 3, float("nan"), 2), "weight_decay_max"),
         (([1e-3, 1e-2], 3, -1.0, 2), "weight_decay_max"),
         (([1e-3, 1e-2], 3, float("inf"), 2), "weight_decay_max"),
     ],
