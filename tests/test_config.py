@@ -218,7 +218,7 @@ def test_the_phase_diagram_grid_keeps_the_lists_the_liu_notebooks_wrote_out():
 @pytest.mark.parametrize(
     "args, name",
     [
-        (([1e-2], 3, 1.0, 2), "lr_range"),  # np.geomspace would take 1e-2 as the stop and 3 as ...
+        (([1e-2], 3, 1.0, 2), "lr_range"),  # np.geomspace(*lr_range, n_lr) would read n_lr as the stop ...
         (([1e-3, 1e-2, 5], 3, 1.0, 2), "lr_range"),  # ... and a third number as the count
         (([1e-2, 1e-3], 3, 1.0, 2), "lr_range"),
         (([0.0, 1e-3], 3, 1.0, 2), "lr_range"),
