@@ -1,14 +1,16 @@
 """Liu et al.'s RQI and phase classification, against hand-built inputs."""
 
+import itertools
 import math
 import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 import grokcore as gc
-from grokcore.measures.representation import classify_phases, parallelograms, rqi
+from grokcore.measures.representation import classify_phases, parallelograms, phase_agreement, rqi
 
 
 @pytest.mark.parametrize("p", [3, 4, 6, 10, 13])
@@ -252,3 +254,32 @@ def test_phase_warns_where_a_members_evaluations_lie_as_far_apart_as_the_lag():
     assert phases["resolved"].tolist() == [True, False, False]
     possible = [phases_possible(row.train_step, row.val_step, list(grid), 1000) for row, grid in zip(phases.itertuples(), grids)]
     assert [len(p) for p in possible] == [1, 2, 2]
+
+
+def test_phase_agreement_counts_pairs_that_share_a_phase_by_brute_force():
+    """Against every pair of members, one by one; with groups split 2-2, where a majority would
+    have to break a tie."""
+    rng = np.random.default_rng(0)
+    phases = pd.DataFrame({
+        "weight_decay": rng.choice([1.0, 2.0], 40),
+        "split_seed": rng.integers(0, 4, 40),
+        "seed": rng.integers(0, 4, 40),
+        "phase": rng.choice(["comprehension", "grokking", "memorization"], 40),
+    })
+    for by in (["weight_decay", "split_seed"], ["weight_decay", "seed"], ["seed"]):
+        same = total = 0
+        for (_, a), (_, b) in itertools.combinations(phases.iterrows(), 2):
+            if all(a[c] == b[c] for c in by):
+                total += 1
+                same += a.phase == b.phase
+        assert phase_agreement(phases, by) == pytest.approx(same / total)
+    tied = pd.DataFrame({"split_seed": [0, 0, 0, 0], "phase": ["grokking", "grokking", "confusion", "confusion"]})
+    assert phase_agreement(tied, ["split_seed"]) == pytest.approx(2 / 6)
+
+
+def test_phase_agreement_refuses_a_missing_column_and_groups_without_pairs():
+    phases = pd.DataFrame({"seed": [0, 1], "phase": ["grokking", "confusion"]})
+    with pytest.raises(ValueError, match="no column 'split_seed'"):
+        phase_agreement(phases, ["split_seed"])
+    with pytest.raises(ValueError, match="no two members are alike"):
+        phase_agreement(phases, ["seed"])

@@ -82,6 +82,22 @@ def classify_phases(history: pd.DataFrame, threshold: float = 0.9, lag: float = 
     return out.reset_index()
 
 
+def phase_agreement(phases: pd.DataFrame, by: list[str]) -> float:
+    """The share of pairs of members alike in the columns ``by`` that end in the same phase:
+    1 where those columns decide a member's phase, lower the more its other settings do.
+    ``phases`` is :func:`classify_phases`'s table. Pairs rather than majorities, so that a
+    group split evenly between two phases needs no tie broken."""
+    by = list(by)
+    missing = [c for c in [*by, "phase"] if c not in phases.columns]
+    if missing:
+        raise ValueError(f"by = {by} is not allowed: the table has no column {missing[0]!r} (it has {list(phases.columns)})")
+    pairs = lambda n: n * (n - 1) // 2  # noqa: E731
+    total = int(pairs(phases.groupby(by).size()).sum())
+    if total == 0:
+        raise ValueError(f"by = {by} is not allowed: no two members are alike in it, so there are no pairs to compare")
+    return float(pairs(phases.groupby([*by, "phase"]).size()).sum() / total)
+
+
 def _slack(history: pd.DataFrame, first: pd.Series) -> pd.Series:
     """Per member, how many steps before its ``first`` step the crossing could have been: those
     after the member's own evaluation before it. At a member's first evaluation, none, as if
