@@ -91,11 +91,14 @@ def phase_agreement(phases: pd.DataFrame, by: list[str]) -> float:
     missing = [c for c in [*by, "phase"] if c not in phases.columns]
     if missing:
         raise ValueError(f"by = {by} is not allowed: the table has no column {missing[0]!r} (it has {list(phases.columns)})")
-    pairs = lambda n: n * (n - 1) // 2  # noqa: E731
-    total = int(pairs(phases.groupby(by).size()).sum())
+
+    def pairs(counts: pd.Series) -> int:
+        return int((counts * (counts - 1) // 2).sum())
+
+    total = pairs(phases.groupby(by).size())
     if total == 0:
         raise ValueError(f"by = {by} is not allowed: no two members are alike in it, so there are no pairs to compare")
-    return float(pairs(phases.groupby([*by, "phase"]).size()).sum() / total)
+    return pairs(phases.groupby([*by, "phase"]).size()) / total
 
 
 def _slack(history: pd.DataFrame, first: pd.Series) -> pd.Series:
