@@ -283,3 +283,10 @@ def test_phase_agreement_refuses_a_missing_column_and_groups_without_pairs():
         phase_agreement(phases, ["split_seed"])
     with pytest.raises(ValueError, match="no two members are alike"):
         phase_agreement(phases, ["seed"])
+    with pytest.raises(TypeError, match=r"must be a list of column names, e.g. \['seed'\]"):
+        phase_agreement(phases, "seed")  # list("seed") would be four one-letter columns
+    for column in ("phase", "seed"):
+        blank = pd.concat([phases, phases]).reset_index(drop=True)
+        blank.loc[0, column] = None
+        with pytest.raises(ValueError, match=rf"phases\['{column}'\] has missing values"):
+            phase_agreement(blank, ["seed"])

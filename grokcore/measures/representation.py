@@ -87,10 +87,15 @@ def phase_agreement(phases: pd.DataFrame, by: list[str]) -> float:
     1 where those columns decide a member's phase, lower the more its other settings do.
     ``phases`` is :func:`classify_phases`'s table. Pairs rather than majorities, so that a
     group split evenly between two phases needs no tie broken."""
+    if isinstance(by, str):
+        raise TypeError(f"by = {by!r} is not allowed: must be a list of column names, e.g. [{by!r}]")
     by = list(by)
     missing = [c for c in [*by, "phase"] if c not in phases.columns]
     if missing:
         raise ValueError(f"by = {by} is not allowed: the table has no column {missing[0]!r} (it has {list(phases.columns)})")
+    blank = [c for c in [*by, "phase"] if phases[c].isna().any()]
+    if blank:  # groupby drops missing keys: such members would vanish from some counts and not others
+        raise ValueError(f"phases[{blank[0]!r}] has missing values: every member needs a phase and a value in each of {by}")
 
     def pairs(counts: pd.Series) -> int:
         return int((counts * (counts - 1) // 2).sum())
