@@ -43,6 +43,19 @@ def test_loss_spikes_are_jumps_from_a_tiny_loss():
     assert loss_spikes(h.sample(frac=1, random_state=0)).values.tolist() == [list(e) for e in expected]  # any row order
 
 
+def test_loss_spikes_count_a_gradual_rise_once():
+    """A rise from a tiny loss counts when it passes 100x the lowest loss since the loss was
+    below 1e-5, however many evaluations it takes (Thilak's paper preset at epsilon 1e-7 crept
+    from 1e-6 to 0.1 over 25k steps, never 100x between two evaluations), and once per rise."""
+    losses = {
+        0: [1e-3, 1e-6, 3e-6, 1e-5, 3e-5, 9e-5, 2e-4, 1e-2, 0.1, 1e-3, 2e-6, 1e-2],  # 2e-4 > 100 x 1e-6
+        1: [1e-5, 4e-6, 2e-6, 1e-4, 3e-4],  # lowest 2e-6: 3e-4 is 150x it, 1e-4 only 50x
+        2: [1e-7, 5e-6, 1e-3],  # 5e-6 is 50x 1e-7: one rise, counted once, at 1e-3
+    }
+    h = history({m: [(10 * i, 1.0, 1.0, loss) for i, loss in enumerate(v)] for m, v in losses.items()})
+    assert list(loss_spikes(h).itertuples(index=False, name=None)) == [(0, 60), (0, 110), (1, 40), (2, 20)]
+
+
 def test_grokking_delays_name_the_member_column_without_swept_columns():
     h = history({0: [(0, 0.5, 0.0, 1.0), (10, 1.0, 1.0, 0.0)], 3: [(0, 1.0, 0.0, 1.0)]}).drop(columns="seed")
     delays = grokking_delays(h)

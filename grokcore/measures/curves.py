@@ -59,11 +59,19 @@ def grokking_delays(history: pd.DataFrame, threshold: float = 0.99) -> pd.DataFr
 
 
 def loss_spikes(history: pd.DataFrame, column: str = "train_loss", factor: float = 100.0, floor: float = 1e-5) -> pd.DataFrame:
-    """Evaluations where ``column`` jumps by more than ``factor`` from a value below ``floor``:
-    the training-loss spikes of Thilak et al.'s slingshot cycles. One row per spike."""
+    """The training-loss spikes of Thilak et al.'s slingshot cycles: once ``column`` has been
+    below ``floor``, a rise to more than ``factor`` times its lowest value since then, sudden
+    (between two evaluations) or gradual (over many). One row per spike, at the evaluation
+    that passes the factor; the next spike needs the loss back below ``floor`` first."""
     rows = []
     for member, h in history.sort_values("step").groupby("member"):
-        prev = h[column].shift(1)
-        hit = h[(h[column] > factor * prev) & (prev < floor)]
-        rows += [{"member": member, "step": int(s)} for s in hit["step"]]
+        low = None  # the lowest loss since it was last below the floor; None until it is again
+        for step, loss in zip(h["step"], h[column]):
+            if low is None:
+                low = loss if loss < floor else None
+            elif loss > factor * low:
+                rows.append({"member": member, "step": int(step)})
+                low = None
+            else:
+                low = min(low, loss)
     return pd.DataFrame(rows, columns=["member", "step"])
