@@ -369,6 +369,8 @@ class AdamW(Spec):
 
 #: Hyper-parameters that may differ between the members of one vectorised run, and the
 #: config section each one lives in (None: the member's own).
+#: The trainer applies each one per member (a key added here must be too: tests/test_train.py
+#: checks every key against a run that sets it in its section).
 SWEEPABLE = {
     "seed": None,
     "split_seed": None,  # the train/validation split's seed, where it should not be the member's seed
@@ -467,7 +469,10 @@ class RunConfig(Spec):
                 normalised[key] = tuple(values)
                 continue
             section = getattr(self, SWEEPABLE[key])
-            normalised[key] = tuple(getattr(section.replace(**{key: v}), key) for v in values)
+            try:
+                normalised[key] = tuple(getattr(section.replace(**{key: v}), key) for v in values)
+            except ConfigError as e:  # name the sweep, where the value was given
+                raise ConfigError(f"sweep[{key!r}] = {values!r}: {e}") from None
         object.__setattr__(self, "sweep", FrozenDict(normalised))
 
     # -- members ------------------------------------------------------------------------

@@ -116,6 +116,15 @@ def test_numpy_arrays_and_ranges_are_lists():
     assert gc.SumEmbeddingMLP(hidden=np.array([4, 4])).to_dict() == gc.SumEmbeddingMLP(hidden=[4, 4]).to_dict()
 
 
+def test_a_bad_swept_value_is_named_by_its_sweep():
+    """The value was given in the sweep, not in the section whose check refuses it."""
+    with pytest.raises(gc.ConfigError) as error:
+        config(sweep={"eps": [1e-8, 0]})
+    assert str(error.value) == "sweep['eps'] = [1e-08, 0]: eps = 0.0 is not allowed: must be a number in (0, inf)"
+    with pytest.raises(gc.ConfigError, match=r"^sweep\['train_fraction'\] = \[0\.5, 1\.5\]: train_fraction = 1\.5 "):
+        config(sweep={"train_fraction": (0.5, 1.5)})
+
+
 def test_arrays_that_are_not_lists_are_refused():
     """A 0-D or 2-D array holds no list of values; an empty one holds none."""
     refused = {"not a 0-D array": np.array(1e-3), "not a 2-D array": np.ones((2, 2)), "1-D array)": np.array([])}

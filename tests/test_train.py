@@ -316,6 +316,31 @@ def test_members_with_different_hyperparameters_equal_separate_runs(model):
         assert torch.allclose(ensemble.flat.detach()[k], alone.flat.detach()[0], atol=2e-5, rtol=1e-4)
 
 
+# A value other than small_config's for every sweepable setting that lives in a config section.
+OTHER_VALUES = {"train_fraction": 0.7, "lr": 1e-2, "weight_decay": 0.0, "eps": 1e-3, "init_scale": 0.5}
+
+
+@pytest.mark.parametrize("key", [k for k, section in gc.config.SWEEPABLE.items() if section is not None])
+def test_a_swept_setting_trains_as_the_same_setting_made_in_the_config(key):
+    """Every sweep key reaches training: a member swept to a value trains as a run whose config
+    section holds that value. A key added to SWEEPABLE but not applied per member by the
+    trainer would train every member alike, and fails here."""
+    assert key in OTHER_VALUES, f"sweep key {key!r} is new: give OTHER_VALUES a value for it"
+    config = small_config(sweep={key: [OTHER_VALUES[key]]})
+    section = gc.config.SWEEPABLE[key]
+    alone = small_config(**{section: getattr(config, section).replace(**{key: OTHER_VALUES[key]})})
+    assert alone.sweep == {} and getattr(getattr(alone, section), key) != getattr(getattr(small_config(), section), key)
+    swept, direct = Trainer(config, torch.device("cpu")), Trainer(alone, torch.device("cpu"))
+    for _ in range(10):
+        swept.train_step()
+        direct.train_step()
+    assert torch.allclose(swept.flat.detach(), direct.flat.detach(), atol=1e-6, rtol=1e-5)
+    default = Trainer(small_config(), torch.device("cpu"))
+    for _ in range(10):
+        default.train_step()
+    assert not torch.allclose(swept.flat.detach(), default.flat.detach(), atol=1e-6, rtol=1e-5)
+
+
 def test_init_scale_multiplies_every_initial_weight():
     """Omnigrok's alpha: a member's init_scale multiplies each initial weight of its seed's
     network, whether it is swept or set on the model."""
