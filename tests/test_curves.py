@@ -33,27 +33,24 @@ def test_grokking_delays_read_the_first_crossings():
     assert grokking_delays(h.sample(frac=1, random_state=0)).equals(grokking_delays(h))
 
 
-def test_loss_spikes_are_jumps_from_a_tiny_loss():
-    """Thilak et al.'s slingshot: a jump of more than 100x from below 1e-5, per member."""
-    losses = {0: [1.0, 1e-3, 1e-6, 1e-3, 1e-7, 1e-7, 0.5], 1: [1.0, 1e-4, 1.0, 1e-6, 5e-5]}
-    h = history({m: [(10 * i, 1.0, 1.0, loss) for i, loss in enumerate(v)] for m, v in losses.items()})
-    expected = [(0, 30), (0, 60)]  # 1e-4 -> 1.0 starts too high; 1e-6 -> 5e-5 is only 50x
-    assert list(loss_spikes(h).itertuples(index=False, name=None)) == expected
-    assert list(loss_spikes(h, factor=10).itertuples(index=False, name=None)) == [(0, 30), (0, 60), (1, 40)]
-    assert loss_spikes(h.sample(frac=1, random_state=0)).values.tolist() == [list(e) for e in expected]  # any row order
-
-
-def test_loss_spikes_count_a_gradual_rise_once():
-    """A rise from a tiny loss counts when it passes 100x the lowest loss since the loss was
-    below 1e-5, however many evaluations it takes (Thilak's paper preset at epsilon 1e-7 crept
-    from 1e-6 to 0.1 over 25k steps, never 100x between two evaluations), and once per rise."""
+def test_loss_spikes_are_rises_from_a_tiny_loss_to_a_large_one():
+    """Thilak et al.'s slingshot: from below 1e-5 to above 1e-3 (100 x 1e-5), per member, once
+    per rise, however many evaluations the rise takes."""
     losses = {
-        0: [1e-3, 1e-6, 3e-6, 1e-5, 3e-5, 9e-5, 2e-4, 1e-2, 0.1, 1e-3, 2e-6, 1e-2],  # 2e-4 > 100 x 1e-6
-        1: [1e-5, 4e-6, 2e-6, 1e-4, 3e-4],  # lowest 2e-6: 3e-4 is 150x it, 1e-4 only 50x
-        2: [1e-7, 5e-6, 1e-3],  # 5e-6 is 50x 1e-7: one rise, counted once, at 1e-3
+        0: [1.0, 2e-3, 1e-6, 2e-3, 1e-7, 1e-7, 0.5],  # 2e-3 at step 10 follows no tiny loss
+        1: [1.0, 1e-4, 1.0, 1e-6, 5e-4],  # 1e-4 is not tiny, and 5e-4 is not large
+        # A slow rise (Thilak's paper preset at epsilon 1e-7 once crept from 1e-6 to 0.1 over
+        # 25k steps, never 100x between two evaluations), counted once, at 2e-3.
+        2: [1e-3, 1e-6, 3e-6, 1e-5, 3e-5, 9e-5, 2e-4, 2e-3, 0.1, 1e-3, 2e-6, 1e-2],
+        # A fitted network's loss of exactly 0 and wanderings far below 1e-3 are no spikes;
+        # nor is a fall to 1e-4 within one.
+        3: [0.0, 1e-9, 0.0, 5e-6, 0.0, 2e-3, 1e-4, 0.5],
     }
     h = history({m: [(10 * i, 1.0, 1.0, loss) for i, loss in enumerate(v)] for m, v in losses.items()})
-    assert list(loss_spikes(h).itertuples(index=False, name=None)) == [(0, 60), (0, 110), (1, 40), (2, 20)]
+    expected = [(0, 30), (0, 60), (2, 70), (2, 110), (3, 50)]
+    assert list(loss_spikes(h).itertuples(index=False, name=None)) == expected
+    assert list(loss_spikes(h, factor=10).itertuples(index=False, name=None)) == [(0, 30), (0, 60), (1, 40), (2, 60), (2, 110), (3, 50)]
+    assert loss_spikes(h.sample(frac=1, random_state=0)).values.tolist() == [list(e) for e in expected]  # any row order
 
 
 def test_grokking_delays_name_the_member_column_without_swept_columns():

@@ -59,19 +59,19 @@ def grokking_delays(history: pd.DataFrame, threshold: float = 0.99) -> pd.DataFr
 
 
 def loss_spikes(history: pd.DataFrame, column: str = "train_loss", factor: float = 100.0, floor: float = 1e-5) -> pd.DataFrame:
-    """The training-loss spikes of Thilak et al.'s slingshot cycles: once ``column`` has been
-    below ``floor``, a rise to more than ``factor`` times its lowest value since then, sudden
-    (between two evaluations) or gradual (over many). One row per spike, at the evaluation
-    that passes the factor; the next spike needs the loss back below ``floor`` first."""
+    """The training-loss spikes of Thilak et al.'s slingshot cycles: ``column`` rising from
+    below ``floor`` to above ``factor`` times it, suddenly (between two evaluations) or over
+    many evaluations. One row per spike, at the evaluation that passes ``factor * floor``; the
+    next spike needs the loss back below ``floor`` first. Two fixed levels rather than a ratio
+    between evaluations, since a fitted network's loss wanders over decades near zero (down to
+    exactly 0 in float32) without any spike."""
     rows = []
     for member, h in history.sort_values("step").groupby("member"):
-        low = None  # the lowest loss since it was last below the floor; None until it is again
+        low = False  # below the floor since the last spike
         for step, loss in zip(h["step"], h[column]):
-            if low is None:
-                low = loss if loss < floor else None
-            elif loss > factor * low:
+            if loss < floor:
+                low = True
+            elif low and loss > factor * floor:
                 rows.append({"member": member, "step": int(step)})
-                low = None
-            else:
-                low = min(low, loss)
+                low = False
     return pd.DataFrame(rows, columns=["member", "step"])
