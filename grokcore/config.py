@@ -285,7 +285,12 @@ class Spec:
         hints = typing.get_type_hints(cls)
         lines = []
         for f in dataclasses.fields(cls):
-            default = "required" if f.default is dataclasses.MISSING else repr(f.default)
+            if f.default is not dataclasses.MISSING:
+                default = repr(f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                default = repr(f.default_factory())
+            else:
+                default = "required"
             check = f.metadata.get("check")
             allowed = f"; {check.allowed}" if check else ""
             lines.append(f"{f.name}: {_type_name(hints[f.name])} = {default}{allowed}. {f.metadata.get('doc', '')}".rstrip())

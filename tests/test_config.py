@@ -125,6 +125,16 @@ def test_a_bad_swept_value_is_named_by_its_sweep():
         config(sweep={"train_fraction": (0.5, 1.5)})
 
 
+def test_describe_lists_each_option_with_its_default():
+    lines = gc.AdamW.describe().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["lr", "weight_decay", "betas", "eps", "warmup_steps", "groups"]
+    assert lines[0] == "lr: a number = 0.001; a number in (0, inf). learning rate"
+    assert lines[-1].startswith("groups: a dict = {}. per parameter-name prefix")  # a default_factory's value
+    run = {line.split(":")[0]: line for line in gc.RunConfig.describe().splitlines()}
+    assert run["task"].startswith("task: Spec = required.")
+    assert run["optim"].startswith("optim: AdamW = AdamW(lr=0.001, weight_decay=1.0,")
+
+
 def test_arrays_that_are_not_lists_are_refused():
     """A 0-D or 2-D array holds no list of values; an empty one holds none."""
     refused = {"not a 0-D array": np.array(1e-3), "not a 2-D array": np.ones((2, 2)), "1-D array)": np.array([])}
