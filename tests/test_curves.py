@@ -1,6 +1,8 @@
 """Measures read off a history (grokcore.measures.curves), on histories written by hand."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -69,3 +71,10 @@ def test_first_crossings_count_accuracies_that_older_runs_stored_in_float32():
     delays = grokking_delays(h, threshold=0.9)
     assert delays.loc[0, "train_step"] == 10 and delays.loc[0, "val_step"] == 10
     assert math.isnan(grokking_delays(history({0: [(0, 0.5, 0.89, 1.0)]}), threshold=0.9).loc[0, "val_step"])
+
+
+def test_every_measure_module_is_reachable_from_the_package():
+    """gc.measures.fourier and gc.measures.representation after a bare `import grokcore as gc`,
+    in a fresh interpreter (where nothing else has imported them yet)."""
+    code = "import grokcore as gc; gc.measures.fourier.phases; gc.measures.representation.rqi"
+    subprocess.run([sys.executable, "-c", code], check=True)

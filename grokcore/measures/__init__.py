@@ -1,5 +1,6 @@
 """Progress measures: functions of a run's history or of its checkpoints."""
 
+from grokcore.measures import fourier, representation
 from grokcore.measures.curves import first_step, grokking_delays, loss_spikes
 
-__all__ = ["first_step", "grokking_delays", "loss_spikes"]
+__all__ = ["first_step", "fourier", "grokking_delays", "loss_spikes", "representation"]
