@@ -41,6 +41,13 @@ def held(history: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([history, *tails], ignore_index=True) if tails else history
 
 
+def _require(frame: pd.DataFrame, columns: list[str], name: str) -> None:
+    """Refuse a table without the columns a figure reads, before any drawing, naming them."""
+    missing = [c for c in dict.fromkeys(columns) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{name} has no column {', '.join(map(repr, missing))}: its columns are {', '.join(map(str, frame.columns))}")
+
+
 def _band_name(history: pd.DataFrame) -> str:
     """What a band spans: "seeds" where the members differ only in their seeds (and splits)."""
     members = member_table(history)
@@ -64,6 +71,7 @@ def curves(history: pd.DataFrame, quantity: str = "acc", ax=None, threshold: flo
     ``threshold``, a member that never does counting as never (no line where that is most of
     them; the label says how many got there when some did not).
     """
+    _require(history, ["member", "step", f"train_{quantity}", f"val_{quantity}"], f"history (for quantity = {quantity!r})")
     ax = ax or plt.gca()
     sns.lineplot(
         data=_long(history, quantity), x="step", y=quantity, hue="split", palette=SPLIT_COLORS,
@@ -90,6 +98,7 @@ def curves(history: pd.DataFrame, quantity: str = "acc", ax=None, threshold: flo
 
 def weight_norm(history: pd.DataFrame, ax=None):
     """Total L2 norm of the weights against step (log axis)."""
+    _require(history, ["member", "step", "weight_norm"], "history")
     ax = ax or plt.gca()
     sns.lineplot(data=held(history)[lambda h: h["step"] >= 1], x="step", y="weight_norm", color="k",
                  errorbar=BAND if history["member"].nunique() > 1 else None, ax=ax)
@@ -116,6 +125,7 @@ def steps_to_generalise(delays: pd.DataFrame, x: str = "train_fraction", hue: st
     Members that never got there are drawn as open triangles at their step budget, so a
     missing point is never mistaken for a fast one.
     """
+    _require(delays, [x, hue, "val_step", "budget"], f"delays (for x = {x!r}, hue = {hue!r})")
     ax = ax or plt.gca()
     # Colours from the full table: a value whose members all missed keeps its own colour for
     # its triangles, and its legend entry.
@@ -219,6 +229,7 @@ def phase_diagram(phases: pd.DataFrame, x: str = "lr", y: str = "weight_decay", 
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
+    _require(phases, [x, y, "phase"], f"phases (for x = {x!r}, y = {y!r})")
     ax = ax or plt.gca()
     names = list(LEARNING_PHASE_COLORS)
     mode = phases.groupby([y, x])["phase"].agg(lambda s: s.value_counts().index[0]).unstack(x)

@@ -156,6 +156,20 @@ def test_steps_to_generalise_names_its_threshold():
     assert steps_to_generalise(delays, ax=plt.figure().gca(), threshold=0.9).get_ylabel() == "steps to 90% validation accuracy"
 
 
+def test_a_table_without_the_columns_a_figure_reads_is_refused_by_name():
+    """grokking_delays' own table has no 'op' (the data-fraction notebook adds it); the figure
+    says so before drawing, rather than failing inside pandas with a bare KeyError."""
+    delays = pd.DataFrame({"member": [0], "train_fraction": [0.5], "val_step": [100.0], "budget": [1000]})
+    with pytest.raises(ValueError, match=r"^delays \(for x = 'train_fraction', hue = 'op'\) has no column 'op': its columns are member, "):
+        steps_to_generalise(delays, ax=plt.figure().gca())
+    steps_to_generalise(delays.assign(op="x+y"), ax=plt.figure().gca())  # with it, it draws
+    with pytest.raises(ValueError, match=r"^history \(for quantity = 'accuracy'\) has no column 'train_accuracy', 'val_accuracy'"):
+        curves(grokking_history({0: 100}), "accuracy", ax=plt.figure().gca())
+    with pytest.raises(ValueError, match=r"^phases \(for x = 'lr', y = 'weight_decay'\) has no column 'weight_decay'"):
+        phase_diagram(pd.DataFrame({"lr": [1e-3], "phase": ["grokking"]}), ax=plt.figure().gca())
+    plt.close("all")
+
+
 def test_the_progress_figure_refuses_several_members():
     with pytest.raises(ValueError, match=r"^history has members \[0, 1\]"):
         progress_measures_figure(grokking_history({0: 100, 1: 200}), pd.DataFrame(), {})
