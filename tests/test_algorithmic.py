@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from grokcore import AlgorithmicTask, ConfigError, ToyAddition
-from grokcore.tasks.algorithmic import OPS, PERM_OPS
+from grokcore.tasks.algorithmic import OPS, PERM_OPS, POWER_OPS
 from grokcore.tasks.base import LOSSES, example_loss, loss_gradient
 
 P = 11
@@ -121,6 +121,8 @@ def test_s5_group_facts():
 
 def test_every_op_is_tested():
     assert set(OPS) == set(PLAIN) | set(PERM_PLAIN) and set(PERM_OPS) == set(PERM_PLAIN)
+    # Power et al.'s appendix lists twelve, all of them operations we have; x*y is not one.
+    assert len(set(POWER_OPS)) == 12 and set(POWER_OPS) <= set(OPS) and "x*y" not in POWER_OPS
 
 
 def test_nanda_format_has_no_op_token():

@@ -65,8 +65,12 @@ PERM_OPS: dict[str, Callable[[Perm, Perm], Perm]] = {
 }
 
 OPS = tuple(MOD_OPS) + tuple(PERM_OPS)
-#: The operations of Power et al.'s appendix (x*y is extra: Doshi et al. use it).
-POWER_OPS = tuple(op for op in OPS if op != "x*y")
+#: The operations of Power et al.'s appendix, listed rather than derived from OPS, so that an
+#: operation added to OPS (as x*y was, for Doshi et al.) does not join them.
+POWER_OPS = (
+    "x+y", "x-y", "x/y", "x/y if y odd else x-y", "x^2+y^2", "x^2+xy+y^2", "x^2+xy+y^2+x", "x^3+xy",
+    "x^3+xy^2+y", "x.y", "x.y.x^-1", "x.y.x",
+)
 
 def permutations(n: int) -> tuple[Perm, ...]:
     """The elements of S_n, in ``itertools.permutations`` (lexicographic) order."""
