@@ -135,7 +135,11 @@ def preset_parameters(root: Path, notebook: Path, preset: str, overrides: dict |
         raise BookError(f"preset = {preset!r} is not allowed: must be one of {', '.join(PRESETS)}")
     path = preset_file(root, notebook, preset)
     if not path.exists():
-        raise BookError(f"{notebook.relative_to(root)} has no {preset!r} preset: {path.relative_to(root)} is missing")
+        raise BookError(
+            f"{notebook.relative_to(root)} has no {preset!r} preset: {path.relative_to(root)} is missing (each notebook has "
+            f"{', '.join(p + '.yaml' for p in PRESETS)} in {path.parent.relative_to(root)}, with the same names; "
+            "ci.yaml repeats the notebook's parameters cell)"
+        )
     source = str(path.relative_to(root))
     values = parameter_values(path.read_text(), source)
     if values is None:  # an empty file: the notebook's own values
@@ -183,7 +187,8 @@ def _as_declared(value, default):
     if default is None or value is None:
         return value
     if _kind(value) != _kind(default):
-        raise ValueError(f"must be a {_kind(default)}")
+        words = isinstance(value, bool) and isinstance(default, str)  # -p positions off
+        raise ValueError(f"must be a {_kind(default)}" + (" (YAML reads on, off, yes, no, true and false as booleans: quote the word)" if words else ""))
     if type(default) is int and isinstance(value, float):  # not a bool: its kind differs
         if not value.is_integer():
             raise ValueError("must be a whole number")
@@ -288,9 +293,11 @@ class Failure:
     notebook: str
     cell: str
     error: str
+    saved: str = ""  # the notebook as far as it ran, with the error beneath the cell that failed
 
     def __str__(self) -> str:
-        return f"{self.notebook}, {self.cell}: {self.error}"
+        kept = f" (the notebook as far as it ran: {self.saved})" if self.saved else ""
+        return f"{self.notebook}, {self.cell}: {self.error}{kept}"
 
 
 def execute(
@@ -359,6 +366,7 @@ def execute(
         failed_path(out).unlink(missing_ok=True)
     elif partial.exists():
         os.replace(partial, failed_path(out))
+        failure.saved = str(failed_path(out).relative_to(root))
     if signal.SIGINT in stopped:
         raise KeyboardInterrupt(str(failure or rel))
     if stopped:

@@ -259,6 +259,7 @@ def test_book_runner_reports_a_failing_notebook_and_goes_on(tmp_path):
     executed = {name: book.executed_path(tmp_path, tmp_path / f"book/demo/{name}.ipynb", "ci") for name in ("broken", "fine")}
     assert executed["fine"].exists() and not book.failed_path(executed["fine"]).exists()
     assert not executed["broken"].exists() and book.failed_path(executed["broken"]).exists()
+    assert str(failures[0]).endswith(" (the notebook as far as it ran: _build/executed/ci/book/demo/broken.failed.ipynb)")
     assert not list((tmp_path / "_build").rglob("*.partial.ipynb"))
     # Parameters changed on the command line: kept out of the preset's folder.
     before = executed["fine"].read_text()
@@ -359,7 +360,7 @@ def test_a_malformed_p_value_is_one_error_line(monkeypatch, capsys):
 def test_preset_files_and_p_values_are_checked_alike(tmp_path):
     """A whole number where the notebook counts, items where it loops over a list, true or false
     where it switches: from a preset file as from -p."""
-    params = "n = 3\nitems = [1, 2]\nflag = True"
+    params = "n = 3\nitems = [1, 2]\nflag = True\nword = 'learned'"
     demo_book(tmp_path, {"demo": "pass"}, preset="n: 4.0\nitems: [3]\nflag: false\n", params=params)
     nb = tmp_path / "book/demo/demo.ipynb"
     values = book.preset_parameters(tmp_path, nb, "ci")
@@ -374,10 +375,21 @@ def test_preset_files_and_p_values_are_checked_alike(tmp_path):
         ("items: [x]\n", r"items = \['x'\] .*: each item must be a number, as its default \[1, 2\] is"),
         ("n: true\n", r"n = True is not allowed .*: must be a number"),  # a bool is an int, but not a count
         ("flag: 1\n", r"flag = 1 is not allowed .*: must be a boolean"),
+        ("word: off\n", r"word = False .*: must be a string \(YAML reads on, off, yes, no, true and false as booleans: quote the word\), as its default 'learned' is"),
     ]:
         (tmp_path / "parameters/demo/demo/ci.yaml").write_text(text)
         with pytest.raises(book.BookError, match=message):
             book.preset_parameters(tmp_path, nb, "ci")
+
+
+def test_a_missing_preset_file_says_which_files_a_notebook_needs(tmp_path):
+    demo_book(tmp_path, {"demo": "pass"})
+    with pytest.raises(book.BookError) as error:
+        book.preset_parameters(tmp_path, tmp_path / "book/demo/demo.ipynb", "cpu")
+    assert str(error.value) == (
+        "book/demo/demo.ipynb has no 'cpu' preset: parameters/demo/demo/cpu.yaml is missing (each notebook has ci.yaml, "
+        "cpu.yaml, paper.yaml in parameters/demo/demo, with the same names; ci.yaml repeats the notebook's parameters cell)"
+    )
 
 
 def _no_kernel(monkeypatch):
