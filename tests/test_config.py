@@ -135,6 +135,25 @@ def test_describe_lists_each_option_with_its_default():
     assert run["optim"].startswith("optim: AdamW = AdamW(lr=0.001, weight_decay=1.0,")
 
 
+def test_a_size_that_the_operation_ignores_changes_no_run():
+    """A modular operation ignores the group degree n, a permutation one the modulus p (the
+    data-fraction notebook sets both for every operation): either may change and the run is the
+    same run, stored and hashed with the ignored one at its default."""
+    task = gc.AlgorithmicTask
+
+    def run(t):
+        return config().replace(task=t)
+
+    same = [(task(op="x+y", p=59, n=4), task(op="x+y", p=59)), (task(op="x.y", p=59, n=4), task(op="x.y", p=97, n=4))]
+    for a, b in same:
+        assert run(a).hash() == run(b).hash()
+    assert run(task(op="x+y", p=59)).hash() != run(task(op="x+y", p=61)).hash()
+    assert run(task(op="x.y", n=4)).hash() != run(task(op="x.y", n=5)).hash()
+    stored = run(task(op="x+y", p=59, n=4)).to_dict()["task"]
+    assert (stored["p"], stored["n"]) == (59, 5)
+    assert task(op="x+y", p=59, n=4).n == 4  # the object keeps what was given
+
+
 def test_arrays_that_are_not_lists_are_refused():
     """A 0-D or 2-D array holds no list of values; an empty one holds none."""
     refused = {"not a 0-D array": np.array(1e-3), "not a 2-D array": np.ones((2, 2)), "1-D array)": np.array([])}

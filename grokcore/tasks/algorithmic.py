@@ -119,6 +119,9 @@ class AlgorithmicTask(Task):
             raise ConfigError(f"p = {self.p!r} is not allowed for op {self.op!r}: must be a prime number (e.g. 97, 113)")
         self.train_size()  # a fraction that leaves an empty split stops here, not in train()
 
+    def ignored_fields(self) -> tuple[str, ...]:
+        return ("p",) if self.op in PERM_OPS else ("n",)
+
     @property
     def n_examples(self) -> int:
         """How many equations :meth:`table` has, without building it."""
