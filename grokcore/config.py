@@ -257,17 +257,11 @@ class Spec:
     def validate(self) -> None:
         """Cross-field checks; override where a class needs them."""
 
-    def ignored_fields(self) -> tuple[str, ...]:
-        """Fields that the others make irrelevant (a modular task's group degree): stored and
-        hashed at their defaults, so that changing one reuses the run. Override where needed."""
-        return ()
-
     # -- serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"kind": type(self).__name__}
-        ignored = self.ignored_fields()
         for f in dataclasses.fields(self):
-            out[f.name] = _to_plain(f.default if f.name in ignored else getattr(self, f.name))
+            out[f.name] = _to_plain(getattr(self, f.name))
         return out
 
     @staticmethod

@@ -102,8 +102,8 @@ class AlgorithmicTask(Task):
     """``x op y = z`` tables: every op of Power et al. mod p, and products in S_n (Power: S5)."""
 
     op: str = spec_field("x/y", doc="the operation, e.g. 'x+y', 'x/y', 'x.y' (permutations)")
-    p: int = spec_field(97, doc="the modulus of a modular op: a prime (e.g. 97, 113); permutation ops ignore it")
-    n: int = spec_field(5, doc="the degree of S_n for a permutation op, 2 to 7 (Power: 5); modular ops ignore it")
+    p: int = spec_field(97, doc="the modulus of a modular op: a prime (e.g. 97, 113); permutation ops ignore it (it takes its default)")
+    n: int = spec_field(5, doc="the degree of S_n for a permutation op, 2 to 7 (Power: 5); modular ops ignore it (it takes its default)")
     train_fraction: float = spec_field(0.5, check=FRACTION, doc="fraction of all equations used for training")
     op_token: bool = spec_field(True, doc="input 'x op y =' (Power); False: 'x y =' (Nanda)")
     eq_token: bool = spec_field(True, doc="end the input with '='; False: the operands alone, 'x y' (Liu's code)")
@@ -118,9 +118,10 @@ class AlgorithmicTask(Task):
         if self.op in MOD_OPS and not is_prime(self.p):
             raise ConfigError(f"p = {self.p!r} is not allowed for op {self.op!r}: must be a prime number (e.g. 97, 113)")
         self.train_size()  # a fraction that leaves an empty split stops here, not in train()
-
-    def ignored_fields(self) -> tuple[str, ...]:
-        return ("p",) if self.op in PERM_OPS else ("n",)
+        # The size the op ignores takes its default, so that changing it changes no run (its
+        # hash) and no task (==): the data-fraction notebook sets both for every op.
+        ignored = "p" if self.op in PERM_OPS else "n"
+        object.__setattr__(self, ignored, type(self).__dataclass_fields__[ignored].default)
 
     @property
     def n_examples(self) -> int:
