@@ -137,7 +137,7 @@ def preset_parameters(root: Path, notebook: Path, preset: str, overrides: dict |
     if not path.exists():
         raise BookError(
             f"{notebook.relative_to(root)} has no {preset!r} preset: {path.relative_to(root)} is missing (each notebook has "
-            f"{', '.join(p + '.yaml' for p in PRESETS)} in {path.parent.relative_to(root)}, with the same names; "
+            f"{', '.join(p + '.yaml' for p in PRESETS)} in {path.parent.relative_to(root)}, setting the same parameters; "
             "ci.yaml repeats the notebook's parameters cell)"
         )
     source = str(path.relative_to(root))
@@ -188,7 +188,7 @@ def _as_declared(value, default):
         return value
     if _kind(value) != _kind(default):
         words = isinstance(value, bool) and isinstance(default, str)  # -p positions off
-        raise ValueError(f"must be a {_kind(default)}" + (" (YAML reads on, off, yes, no, true and false as booleans: quote the word)" if words else ""))
+        raise ValueError(f"must be a {_kind(default)}" + (" (YAML reads on, off, yes, no, true and false as booleans: quote the word for YAML, inside the shell's quotes, as in -p positions \"'off'\")" if words else ""))
     if type(default) is int and isinstance(value, float):  # not a bool: its kind differs
         if not value.is_integer():
             raise ValueError("must be a whole number")

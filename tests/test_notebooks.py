@@ -375,7 +375,7 @@ def test_preset_files_and_p_values_are_checked_alike(tmp_path):
         ("items: [x]\n", r"items = \['x'\] .*: each item must be a number, as its default \[1, 2\] is"),
         ("n: true\n", r"n = True is not allowed .*: must be a number"),  # a bool is an int, but not a count
         ("flag: 1\n", r"flag = 1 is not allowed .*: must be a boolean"),
-        ("word: off\n", r"word = False .*: must be a string \(YAML reads on, off, yes, no, true and false as booleans: quote the word\), as its default 'learned' is"),
+        ("word: off\n", r"word = False .*: must be a string \(YAML reads on, off, yes, no, true and false as booleans: quote the word for YAML, inside the shell's quotes, as in -p positions \"'off'\"\), as its default 'learned' is"),
     ]:
         (tmp_path / "parameters/demo/demo/ci.yaml").write_text(text)
         with pytest.raises(book.BookError, match=message):
@@ -388,7 +388,7 @@ def test_a_missing_preset_file_says_which_files_a_notebook_needs(tmp_path):
         book.preset_parameters(tmp_path, tmp_path / "book/demo/demo.ipynb", "cpu")
     assert str(error.value) == (
         "book/demo/demo.ipynb has no 'cpu' preset: parameters/demo/demo/cpu.yaml is missing (each notebook has ci.yaml, "
-        "cpu.yaml, paper.yaml in parameters/demo/demo, with the same names; ci.yaml repeats the notebook's parameters cell)"
+        "cpu.yaml, paper.yaml in parameters/demo/demo, setting the same parameters; ci.yaml repeats the notebook's parameters cell)"
     )
 
 

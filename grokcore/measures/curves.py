@@ -64,7 +64,8 @@ def loss_spikes(history: pd.DataFrame, column: str = "train_loss", factor: float
     many evaluations. One row per spike, at the evaluation that passes ``factor * floor``; the
     next spike needs the loss back below ``floor`` first. Two fixed levels rather than a ratio
     between evaluations, since a fitted network's loss wanders over decades near zero (down to
-    exactly 0 in float32) without any spike."""
+    exactly 0 in float32) without any spike. A NaN loss is neither below nor above a level: it
+    is passed over (a loss that goes from tiny to NaN is no spike here)."""
     rows = []
     for member, h in history.sort_values("step").groupby("member"):
         low = False  # below the floor since the last spike
