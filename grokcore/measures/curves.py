@@ -59,7 +59,7 @@ def grokking_delays(history: pd.DataFrame, threshold: float = 0.99) -> pd.DataFr
 
 
 def loss_spikes(history: pd.DataFrame, column: str = "train_loss", factor: float = 100.0, floor: float = 1e-5) -> pd.DataFrame:
-    """The training-loss spikes of Thilak et al.'s slingshot cycles: ``column`` rising from
+    """Training-loss spikes, such as end Thilak et al.'s slingshot cycles: ``column`` rising from
     below ``floor`` to above ``factor`` times it, suddenly (between two evaluations) or over
     many evaluations. One row per spike, at the evaluation that passes ``factor * floor``; the
     next spike needs the loss back below ``floor`` first. Two fixed levels rather than a ratio
