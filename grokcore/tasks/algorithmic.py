@@ -43,22 +43,18 @@ MOD_OPS: dict[str, tuple[Callable[[int, int, int], int], str]] = {
     "x^3+xy^2+y": (lambda x, y, p: (x**3 + x * y * y + y) % p, "all"),
 }
 
-Perm = tuple[int, ...]
+
+def _compose(a: Tensor, b: Tensor) -> Tensor:
+    """a then b, row by row: (a.b)[i] = b[a[i]] (openai/grok's convention for S5 products).
+    Rows of permutations as int64 tensors of shape (m, n)."""
+    return torch.gather(b, 1, a)
 
 
-def _compose(a: Perm, b: Perm) -> Perm:
-    """a then b: (a.b)[i] = b[a[i]] (openai/grok's convention for S5 products)."""
-    return tuple(b[a[i]] for i in range(len(a)))
+def _inverse(a: Tensor) -> Tensor:
+    return torch.argsort(a, dim=1)
 
 
-def _inverse(a: Perm) -> Perm:
-    out = [0] * len(a)
-    for i, ai in enumerate(a):
-        out[ai] = i
-    return tuple(out)
-
-
-PERM_OPS: dict[str, Callable[[Perm, Perm], Perm]] = {
+PERM_OPS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "x.y": lambda x, y: _compose(x, y),
     "x.y.x^-1": lambda x, y: _compose(_compose(x, y), _inverse(x)),
     "x.y.x": lambda x, y: _compose(_compose(x, y), x),
@@ -72,9 +68,10 @@ POWER_OPS = (
     "x^3+xy^2+y", "x.y", "x.y.x^-1", "x.y.x",
 )
 
-def permutations(n: int) -> tuple[Perm, ...]:
-    """The elements of S_n, in ``itertools.permutations`` (lexicographic) order."""
-    return tuple(itertools.permutations(range(n)))
+
+def permutations(n: int) -> Tensor:
+    """The elements of S_n as rows (n! x n), in ``itertools.permutations`` (lexicographic) order."""
+    return torch.tensor(list(itertools.permutations(range(n))), dtype=torch.long)
 
 
 @functools.lru_cache(maxsize=32)
@@ -86,15 +83,25 @@ def operation_table(op: str, p: int) -> tuple[Tensor, Tensor, Tensor]:
     if op in MOD_OPS:
         fn, ys = MOD_OPS[op]
         pairs = [(x, y) for x in range(p) for y in range(p) if ys == "all" or y != 0]
-        rows = [(x, y, fn(x, y, p)) for x, y in pairs]
-    elif op in PERM_OPS:
+        x, y, z = torch.tensor([(x, y, fn(x, y, p)) for x, y in pairs], dtype=torch.long).unbind(1)
+        return x, y, z
+    if op in PERM_OPS:
+        # Whole tensors, not tuples: S_7's 25.4M products took 41 s one at a time in Python.
         group = permutations(p)
-        index = {perm: i for i, perm in enumerate(group)}
-        rows = [(i, j, index[PERM_OPS[op](a, b)]) for i, a in enumerate(group) for j, b in enumerate(group)]
-    else:
-        raise ConfigError(f"op = {op!r} is not allowed: must be one of {', '.join(map(repr, OPS))}")
-    x, y, z = torch.tensor(rows, dtype=torch.long).unbind(1)
-    return x, y, z
+        # A permutation's digits read in base n: a number that grows in lexicographic order,
+        # so that a product's index in the group is found by binary search.
+        digits = p ** torch.arange(p - 1, -1, -1)
+        codes = (group * digits).sum(1)
+        size = len(group)
+        x = torch.arange(size).repeat_interleave(size)
+        y = torch.arange(size).repeat(size)
+        z = torch.empty_like(x)
+        for start in range(0, len(x), 1 << 20):  # in parts, to bound the memory of the products
+            part = slice(start, start + (1 << 20))
+            products = PERM_OPS[op](group[x[part]], group[y[part]])
+            z[part] = torch.searchsorted(codes, (products * digits).sum(1))
+        return x, y, z
+    raise ConfigError(f"op = {op!r} is not allowed: must be one of {', '.join(map(repr, OPS))}")
 
 
 @dataclass(frozen=True)
