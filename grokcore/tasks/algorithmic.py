@@ -31,8 +31,8 @@ def _divide(x: Tensor, y: Tensor, p: int) -> Tensor:
     return x * inverses[y] % p
 
 
-# op name -> (function of (x, y, p) -> z on int64 tensors, which y are allowed). Products are
-# reduced mod p as they go, so that no intermediate exceeds p^2.
+# op name -> (function of (x, y, p) -> z on int64 tensors, which y are allowed). Cubes are
+# reduced mod p as they go, so that no intermediate exceeds a few times p^2.
 MOD_OPS: dict[str, tuple[Callable[[Tensor, Tensor, int], Tensor], str]] = {
     "x+y": (lambda x, y, p: (x + y) % p, "all"),
     "x-y": (lambda x, y, p: (x - y) % p, "all"),
