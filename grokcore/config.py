@@ -44,6 +44,14 @@ def is_prime(n: int) -> bool:
     return all(n % d for d in range(2, math.isqrt(n) + 1))
 
 
+def _finite_float(value: numbers.Real) -> bool:
+    """Whether a float holds ``value`` and it is finite (an int too large for a float is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def interval(lo: float | None = None, hi: float | None = None, *, lo_open=False, hi_open=False) -> Check:
     """Finite numbers between ``lo`` and ``hi`` (None: unbounded). NaN fails every comparison,
     so it is refused by name, and so are infinities."""
@@ -199,7 +207,10 @@ def _coerce(value, tp):
         raise TypeError
     if tp is float:
         if isinstance(value, numbers.Real) and not isinstance(value, bool):  # NumPy's floats too
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int beyond float's range
+                raise TypeError("an int too large for a float") from None
         raise TypeError
     if tp is str:
         if isinstance(value, str):
@@ -348,7 +359,7 @@ class AdamW(Spec):
                     f"groups[{prefix!r}] = {overrides!r} is not allowed: must be a dict with keys lr and/or weight_decay"
                 )
             for key, value in overrides.items():
-                number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+                number = isinstance(value, numbers.Real) and not isinstance(value, bool) and _finite_float(value)
                 if not number or value < 0 or (key == "lr" and value == 0):
                     raise ConfigError(f"groups[{prefix!r}][{key!r}] = {value!r} is not allowed: must be a number > 0 (lr) or >= 0")
         # A parameter in two groups would take the values of whichever came last in the dict,

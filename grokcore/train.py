@@ -228,11 +228,12 @@ def eval_schedule(config: RunConfig) -> list[int]:
 
 def checkpoint_schedule(config: RunConfig, evals: list[int]) -> list[int]:
     """Checkpoint steps: log-spaced ones snapped to evaluation steps (so each has metrics),
-    and every ``checkpoint_every`` steps."""
+    and every ``checkpoint_every`` steps, the last step too (the trained network)."""
     wanted = log_steps(config.steps, config.checkpoints)
     grid = np.array(evals)
     snapped = {int(grid[np.abs(np.log1p(grid) - math.log1p(w)).argmin()]) for w in wanted}
-    return sorted(snapped | _every(config, config.checkpoint_every))
+    every = _every(config, config.checkpoint_every)
+    return sorted(snapped | every | ({config.steps} if every else set()))
 
 
 # -- members and their flat weights -----------------------------------------------------
@@ -688,6 +689,8 @@ def train(
     """
     if until is not None and (isinstance(until, bool) or not isinstance(until, numbers.Integral) or until < 0):
         raise ConfigError(f"until = {until!r} is not allowed: must be a whole number of steps >= 0, or None")
+    if isinstance(save_every_s, bool) or not isinstance(save_every_s, numbers.Real) or not save_every_s >= 0:
+        raise ConfigError(f"save_every_s = {save_every_s!r} is not allowed: must be a number of seconds >= 0 (inf: never)")
     mode = _progress_mode(progress)
     dev = resolve_device(device)
     path = run_path(config, root)
@@ -720,6 +723,12 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: str, save
         state = torch.load(state_file, map_location="cpu", weights_only=False)
         trainer.load_state_dict(state["trainer"])
         rows, wall_offset, evaluated = state["rows"], state["wall"], state["evaluated"]
+        # Checkpoints after the saved state are from a run that was lost before its next save:
+        # the resumed run writes its own (on a GPU, where members may stop at other steps, a
+        # stale one could outlive it and be taken for the last).
+        for stale in (path / "checkpoints").glob("step_*.pt"):
+            if int(stale.stem.removeprefix("step_")) > int(trainer.step_count):
+                stale.unlink()
     else:
         meta = {
             "config": config.to_dict(),
@@ -836,6 +845,8 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: str, save
     atomic_write_text(path / "DONE", f"{wall():.3f} s\n")
     state_file.unlink(missing_ok=True)  # the finished run keeps its checkpoints, not the resume state
     print(f"trained {config.run_name}: {step} steps x {K} member(s) in {wall():.1f} s on {trainer.device}")
+    if requested:  # asked to stop during the last step: the run is done, but a caller's loop of runs must stop too
+        raise requested[0](f"stopped after finishing {config.run_name} (saved in {path})")
 
 
 def _in_main_thread() -> bool:

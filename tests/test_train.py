@@ -410,6 +410,15 @@ def test_every_n_steps_schedules_include_the_first_and_last_step():
     assert {0, 300, 600, 900, 1000} <= set(evals)
     assert checkpoint_schedule(config, evals) == [0, 250, 500, 750, 1000]
     assert 1000 in eval_schedule(small_config(steps=1000, eval_points=2, checkpoints=0))
+    uneven = small_config(steps=1000, eval_points=2, checkpoints=0, checkpoint_every=300)
+    assert checkpoint_schedule(uneven, eval_schedule(uneven)) == [0, 300, 600, 900, 1000]
+
+
+def test_the_trained_network_is_kept_where_the_interval_misses_the_last_step(tmp_path):
+    run = gc.train(small_config(steps=31, eval_points=2, checkpoints=0, checkpoint_every=10), root=tmp_path, progress=False)
+    assert run.checkpoint_steps == [0, 10, 20, 30, 31]
+    last = torch.load(run.path / "checkpoints" / "step_0000031.pt", weights_only=False)
+    assert last["step"] == 31
 
 
 def test_schedules_are_log_spaced_and_dense_early():
@@ -525,6 +534,10 @@ def test_a_crash_between_evaluations_loses_at_most_save_every_s(tmp_path, monkey
     [
         ({"until": -5}, r"^until = -5 is not allowed"),
         ({"until": 2.5}, r"^until = 2.5 is not allowed"),
+        ({"save_every_s": "60"}, r"^save_every_s = '60' is not allowed: must be a number of seconds >= 0"),
+        ({"save_every_s": None}, r"^save_every_s = None is not allowed"),
+        ({"save_every_s": float("nan")}, r"^save_every_s = nan is not allowed"),
+        ({"save_every_s": -1}, r"^save_every_s = -1 is not allowed"),
         ({"device": "gpu"}, r"^device = 'gpu' is not allowed: use 'auto', 'cpu', 'cuda' or 'cuda:N'"),
         ({"device": "meta"}, r"^device = 'meta' is not allowed: use 'auto', 'cpu', 'cuda' or 'cuda:N'"),
         pytest.param(
@@ -596,6 +609,41 @@ def test_ctrl_c_saves_after_the_step_and_a_second_stops_at_once(tmp_path, monkey
     resumed = gc.train(config, root=tmp_path / "b", progress=False).history
     columns = [c for c in whole.columns if c != "wall_time"]
     assert whole[columns].equals(resumed[columns])
+
+
+def test_a_stop_asked_for_in_the_last_step_still_stops_the_caller(tmp_path, monkeypatch):
+    """SIGTERM in a run's last step: the run finishes (nothing is lost by ending it), and then
+    the stop reaches the caller, so that a loop of runs (a notebook's, under SLURM) goes no
+    further; before, it was dropped and the next run started."""
+    import signal
+
+    from grokcore.train import Preempted
+
+    config = small_config(steps=10, eval_points=3)
+    step_once = Trainer.train_step
+
+    def step_with_sigterm(self):
+        if int(self.step_count) == config.steps - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step_once(self)
+
+    monkeypatch.setattr(Trainer, "train_step", step_with_sigterm)
+    with pytest.raises(Preempted, match=r"^stopped after finishing test-"):
+        gc.train(config, root=tmp_path, progress=False)
+    (path,) = tmp_path.iterdir()
+    assert (path / "DONE").exists() and not (path / "state.pt").exists()
+
+
+def test_a_resumed_run_drops_the_checkpoints_of_the_attempt_it_replaces(tmp_path):
+    """A run lost after its last save may have written checkpoints past it; resumed, it writes
+    its own, and none of the lost attempt's is left to be taken for its last network."""
+    config = small_config(steps=40, eval_points=12, checkpoints=0, checkpoint_every=10)
+    partial = gc.train(config, root=tmp_path, until=15, progress=False)
+    stale = partial.path / "checkpoints" / "step_0000037.pt"  # as if the lost attempt's members stopped at 37
+    torch.save({"flat": torch.zeros(1), "step": 37}, stale)
+    run = gc.train(config, root=tmp_path, progress=False)
+    assert not stale.exists()
+    assert run.checkpoint_steps == [0, 10, 20, 30, 40]
 
 
 def test_checkpoints_restore_the_network(tmp_path):
@@ -856,6 +904,8 @@ def test_metrics_are_each_member_s_own_counted_by_hand(tmp_path, monkeypatch, ch
         ({"track_norms": ("",)}, "track_norms"),
         ({"seed": 2**32 - 1, "seeds": 2}, "seed"),
         ({"seed": 10**400}, "seed"),
+        ({"stop_at": 10**400}, "stop_at"),  # an int beyond float's range: no OverflowError
+        ({"sweep": {"lr": [10**400]}}, r"sweep\['lr'\] = "),
     ],
 )
 def test_run_config_rejects_bad_values(changes, name):
@@ -883,6 +933,8 @@ def test_the_largest_seeds_allowed_train():
          "groups keys 'blocks.0.mlp' and 'blocks' "),
         ({"groups": {"embed.": {"lr": 1e-3}, "embed": {"lr": 1e-2}}}, "groups keys 'embed.' and 'embed' "),
         ({"betas": (0.9, 1.0)}, "betas = "),
+        ({"lr": 10**400}, "lr = 1000"),
+        ({"groups": {"embed": {"lr": 10**400}}}, "groups['embed']['lr'] = 1000"),
     ],
 )
 def test_adamw_rejects_bad_values(kwargs, message):

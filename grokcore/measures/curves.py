@@ -23,11 +23,11 @@ def member_table(history: pd.DataFrame) -> pd.DataFrame:
 def first_step(history: pd.DataFrame, column: str, threshold: float = 0.99) -> pd.Series:
     """Per member, the first evaluated step where ``column >= threshold`` (NaN if never).
 
-    Compared in float32, as ``stop_at`` is: a history that grokcore wrote before it stored
-    accuracies in float64 (2026-12-05) holds 9 of 10 as 0.8999999762, which must still count
-    as 0.9. A float64 accuracy k / n below a threshold passes for it only where float32
-    cannot tell them apart, which takes evaluation sets of about 5e5 examples for 0.99 and
-    2e6 for 0.9."""
+    Compared in float32: a history that grokcore wrote before it stored accuracies in
+    float64 (2026-12-05) holds 9 of 10 as 0.8999999762, which must still count as 0.9. The
+    trainer's ``stop_at`` compares the float64 fraction; the two disagree only where a k / n
+    below the threshold passes for it in float32, which takes evaluation sets of about 5e5
+    examples for 0.99 and 2e6 for 0.9."""
     hit = history[history[column].to_numpy(np.float32) >= np.float32(threshold)]
     steps = hit.groupby("member")["step"].min()
     return steps.reindex(sorted(history["member"].unique()))
