@@ -123,9 +123,11 @@ def test_phase_of_each_synthetic_history():
 
 
 def test_phase_boundaries_of_synthetic_histories():
-    """A delay of exactly ``lag`` is grokking; validation first is comprehension, however
-    early; validation without training is confusion (training never fit)."""
-    h = pd.DataFrame(history(0, 200, 1200) + history(1, 200, 1100) + history(2, 3000, 200) + history(3, None, 500))
+    """A delay of exactly ``lag`` is comprehension, as in the authors' code, one step more is
+    grokking; validation first is comprehension, however early; validation without training
+    is confusion (training never fit)."""
+    steps = range(0, 5001)
+    h = pd.DataFrame(history(0, 200, 1201, steps) + history(1, 200, 1200, steps) + history(2, 3000, 200) + history(3, None, 500))
     phases = classify_phases(h, threshold=0.9, lag=1000)["phase"].tolist()
     assert phases == ["grokking", "comprehension", "comprehension", "confusion"]
 
@@ -208,7 +210,7 @@ def delays_possible(train, val, steps):
 
 
 def phases_possible(train, val, steps, lag):
-    return {"grokking" if d >= lag else "comprehension" for d in delays_possible(train, val, steps)}
+    return {"grokking" if d > lag else "comprehension" for d in delays_possible(train, val, steps)}
 
 
 def test_phase_resolved_where_the_evaluations_decide_it():
@@ -240,7 +242,7 @@ def test_phase_resolved_agrees_with_a_brute_force_on_an_irregular_grid():
         assert phases["phase"].isin(["comprehension", "grokking"]).all()
         assert phases[["train_step", "val_step"]].to_numpy().tolist() == [list(pair) for pair in seen]
         for row, possible in zip(phases.itertuples(), delays):
-            assert row.resolved == (len({d >= lag for d in possible}) == 1), (lag, row)
+            assert row.resolved == (len({d > lag for d in possible}) == 1), (lag, row)
 
 
 def test_phase_warns_where_a_members_evaluations_lie_as_far_apart_as_the_lag():
@@ -250,7 +252,7 @@ def test_phase_warns_where_a_members_evaluations_lie_as_far_apart_as_the_lag():
     h = pd.DataFrame([row for m, grid in enumerate(grids) for row in history(m, 150, 1500, grid)])
     with pytest.warns(UserWarning, match=r"^2 member\(s\) .* as far apart as the lag \(1000 steps\) or further \(up to 1500\)"):
         phases = classify_phases(h, threshold=0.9, lag=1000)
-    assert phases["phase"].tolist() == ["grokking", "comprehension", "grokking"]
+    assert phases["phase"].tolist() == ["grokking", "comprehension", "comprehension"]  # the last seen exactly 1,000 apart
     assert phases["resolved"].tolist() == [True, False, False]
     possible = [phases_possible(row.train_step, row.val_step, list(grid), 1000) for row, grid in zip(phases.itertuples(), grids)]
     assert [len(p) for p in possible] == [1, 2, 2]

@@ -45,10 +45,11 @@ def classify_phases(history: pd.DataFrame, threshold: float = 0.9, lag: float = 
     """Each member's phase by Liu et al.'s criteria (appendix A, Table 1).
 
     Within the run's budget: *comprehension* if train and validation accuracy both reach
-    ``threshold`` and validation gets there less than ``lag`` steps after training (or before
-    it), *grokking* if validation gets there ``lag`` or more steps after training,
+    ``threshold`` and validation gets there at most ``lag`` steps after training (or before
+    it), *grokking* if validation gets there more than ``lag`` steps after training,
     *memorization* if only training does, *confusion* if training never does, whatever
-    validation does.
+    validation does. The paper's table leaves a delay of exactly ``lag`` open; the authors'
+    code (``toy/Figure5.ipynb``) counts it as comprehension, and so do we.
 
     An accuracy first seen at or above ``threshold`` at one evaluation crossed it at some step
     after the member's evaluation before (steps are whole numbers). ``resolved`` says whether
@@ -62,11 +63,11 @@ def classify_phases(history: pd.DataFrame, threshold: float = 0.9, lag: float = 
     phase[train.notna() & val.isna()] = "memorization"
     both = train.notna() & val.notna()
     delay = val - train
-    phase[both & (delay < lag)] = "comprehension"
-    phase[both & (delay >= lag)] = "grokking"
+    phase[both & (delay <= lag)] = "comprehension"
+    phase[both & (delay > lag)] = "grokking"
 
     train_slack, val_slack = _slack(history, train), _slack(history, val)
-    resolved = ~both | ((delay - val_slack >= lag) == (delay + train_slack >= lag))
+    resolved = ~both | ((delay - val_slack > lag) == (delay + train_slack > lag))
     gaps = np.maximum(train_slack, val_slack) + 1
     coarse = ~resolved & (gaps >= lag)
     if coarse.any():
