@@ -24,6 +24,9 @@ Cases, each measured on one GPU (one run of (a) in a second process, to time a f
     running its members itself (``forward_members``, the default) against vmap, and the
     largest difference between the two runs' weights after the timed steps.
 
+(a) and (c) also run grokcore with its matrix products' factors in bfloat16 (``gc.train``'s
+``precision="bf16"``), which is faster still but not the default, since no chapter uses it.
+
 The plain loops use grokcore's transformer, so that comparison is of the loops alone: the
 plain loop gets grokcore's model for free. Case (a) also runs the plain loop on Nanda et al.'s
 network with the progress-measures code's operations (:class:`ProgressMeasuresTransformer`,
@@ -333,9 +336,13 @@ def main() -> None:
         ("grokcore", "compile cache warm", {"torch_compile": True}, args.repeats),
         ("grokcore, no compile", "CUDA graphs only", {"torch_compile": False}, args.repeats),
         ("grokcore, eager", "no compile, no graphs", {"torch_compile": False, "cuda_graphs": False}, 1),
+        # Not the default: bf16 factors change the numbers a chapter measures (gc.train's precision).
+        ("grokcore, bf16", "compile cache warm, bf16 products", {"torch_compile": True, "precision": "bf16"}, args.repeats),
     ]
     seconds = []
     for i, (impl, note, options, repeats) in enumerate(variants):
+        if options.get("precision") == "bf16":  # its step compiles anew: a first run, not timed, does that
+            nanda_seconds(root / f"run{i}-warm-up", options)
         runs = [nanda_seconds(root / f"run{i}-{r}", options) for r in range(repeats)]
         seconds.append(median_run(runs))
         add(case, impl, "seconds to 99% val acc", seconds[-1][0], f"{seconds[-1][1]} steps; {note}{spread(runs)}")
@@ -360,9 +367,13 @@ def main() -> None:
     add(case, "ratio", "speed-up (plain s / ours s)", plain_s / seconds[2], "CUDA graphs only")
     add(case, "ratio", f"speed-up ({PAPER} s / ours s)", paper_s / seconds[1], "compile cache warm")
     add(case, "ratio", f"speed-up ({PAPER} s / ours s)", paper_s / seconds[2], "CUDA graphs only")
+    add(case, "ratio", "speed-up (plain s / ours s)", plain_s / seconds[4], "compile cache warm, bf16 products")
+    add(case, "ratio", f"speed-up ({PAPER} s / ours s)", paper_s / seconds[4], "compile cache warm, bf16 products")
     # The floor under the warm row: the compiled step alone (benchmarks/step_profile.py breaks it down).
     step_sps = grokcore_steps_per_s(nanda_config(stop_at=None), device, args.steps, torch_compile=True)
     add(case, "grokcore", "µs per step", 1e6 / step_sps, "compiled step alone, CUDA graph replays")
+    bf16_sps = grokcore_steps_per_s(nanda_config(stop_at=None), device, args.steps, torch_compile=True, precision="bf16")
+    add(case, "grokcore, bf16", "µs per step", 1e6 / bf16_sps, "the same, bf16 products")
     add(case, "plain", "µs per step", 1e6 * plain_s / plain_steps, "training step, test forward, 2 .item()")
     add(case, PAPER, "µs per step", 1e6 * paper_s / paper_steps, "the same, on the paper code's network")
 
@@ -385,6 +396,8 @@ def main() -> None:
     add("(c) 64-member sweep of (b)", "grokcore", "member-steps/s (aggregate)", 64 * ensemble, f"{ensemble:.0f} ensemble steps/s")
     add("(c) 64-member sweep of (b)", "plain", "member-steps/s (one member)", plain_sps)
     add("(c) 64-member sweep of (b)", "ratio", "aggregate / plain member", 64 * ensemble / plain_sps)
+    ensemble_bf16 = grokcore_steps_per_s(power_config(sweep=sweep), device, max(args.steps // 4, 200), precision="bf16")
+    add("(c) 64-member sweep of (b)", "grokcore, bf16", "member-steps/s (aggregate)", 64 * ensemble_bf16, "bf16 products")
 
     # (d) A model that runs its own members (forward_members) against vmap, both with the
     # trainer's defaults for this run (CUDA graphs; compiled where compile_pays_off).

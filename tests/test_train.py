@@ -538,6 +538,9 @@ def test_a_crash_between_evaluations_loses_at_most_save_every_s(tmp_path, monkey
         ({"save_every_s": None}, r"^save_every_s = None is not allowed"),
         ({"save_every_s": float("nan")}, r"^save_every_s = nan is not allowed"),
         ({"save_every_s": -1}, r"^save_every_s = -1 is not allowed"),
+        ({"precision": "fp16"}, r"^precision = 'fp16' is not allowed: must be one of 'fp32': exact float32; 'tf32': "),
+        ({"precision": None}, r"^precision = None is not allowed"),
+        ({"precision": ["bf16"]}, r"^precision = \['bf16'\] is not allowed"),
         ({"device": "gpu"}, r"^device = 'gpu' is not allowed: use 'auto', 'cpu', 'cuda' or 'cuda:N'"),
         ({"device": "meta"}, r"^device = 'meta' is not allowed: use 'auto', 'cpu', 'cuda' or 'cuda:N'"),
         pytest.param(
@@ -644,6 +647,17 @@ def test_a_resumed_run_drops_the_checkpoints_of_the_attempt_it_replaces(tmp_path
     run = gc.train(config, root=tmp_path, progress=False)
     assert not stale.exists()
     assert run.checkpoint_steps == [0, 10, 20, 30, 40]
+
+
+def test_the_cpu_multiplies_in_float32_whatever_the_precision(tmp_path):
+    """precision is how a GPU multiplies matrices: on the CPU "bf16" trains exactly as the
+    default does, and the run records the float32 it used."""
+    config = small_config()
+    default = gc.train(config, root=tmp_path / "a", progress=False)
+    bf16 = gc.train(config, root=tmp_path / "b", progress=False, precision="bf16")
+    columns = [c for c in default.history.columns if c != "wall_time"]
+    assert default.history[columns].equals(bf16.history[columns])
+    assert json.loads((bf16.path / "config.json").read_text())["precision"] == "fp32"
 
 
 def test_checkpoints_restore_the_network(tmp_path):
