@@ -209,8 +209,8 @@ def _coerce(value, tp):
         if isinstance(value, numbers.Real) and not isinstance(value, bool):  # NumPy's floats too
             try:
                 return float(value)
-            except OverflowError:  # an int beyond float's range
-                raise TypeError("an int too large for a float") from None
+            except OverflowError:  # an int beyond float's range: the right type, a value not allowed
+                raise ValueError("too large for a float") from None
         raise TypeError
     if tp is str:
         if isinstance(value, str):
@@ -259,6 +259,8 @@ class Spec:
                 raise ConfigError(
                     f"{f.name} = {value!r} has the wrong type: expected {_type_name(hints[f.name])}{why}"
                 ) from None
+            except ValueError as e:
+                raise ConfigError(f"{f.name} = {value!r} is not allowed: {e}") from None
             object.__setattr__(self, f.name, value)
             check = f.metadata.get("check")
             if check is not None and value is not None and not check.ok(value):
@@ -545,7 +547,7 @@ def _checked(name: str, value, tp, check: Check):
     """``value`` as type ``tp`` if it is one and passes ``check``; else a ConfigError naming ``name``."""
     try:
         coerced = _coerce(value, tp)
-    except TypeError:
+    except (TypeError, ValueError):  # ValueError: an int too large for a float
         coerced = None
     if coerced is None or not check.ok(coerced):
         raise ConfigError(f"{name} = {value!r} is not allowed: must be {check.allowed}")

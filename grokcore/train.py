@@ -72,8 +72,8 @@ warnings.filterwarnings("ignore", r"\s*Online softmax is disabled on the fly", U
 PRECISIONS = {
     "fp32": "exact float32",
     "tf32": "TF32 tensor cores: float32's range, 11 significant bits per factor (the default)",
-    "bf16": "bfloat16 factors (8 significant bits) in the training step's forward pass, through autocast; "
-    "weights, optimiser, loss gradient and evaluations stay float32",
+    "bf16": "bfloat16 factors (8 significant bits) in the training step, forward and backward, through autocast; "
+    "weights, optimiser and the loss's gradient at the logits stay float32, evaluations are as in tf32",
 }
 
 
@@ -81,6 +81,30 @@ def check_precision(precision) -> None:
     if not isinstance(precision, str) or precision not in PRECISIONS:
         choices = "; ".join(f"{name!r}: {what}" for name, what in PRECISIONS.items())
         raise ConfigError(f"precision = {precision!r} is not allowed: must be one of {choices}")
+
+
+def _check_same_precision(path: Path, precision: str, finished: bool) -> None:
+    """A run started in bf16 is not continued, or returned, as if another precision had been
+    asked for, nor the other way round: bf16 changes what a run measures, and the precision is
+    not part of the config's hash. TF32 against float32, or a GPU run resumed on the CPU, change
+    only rounding and pass. ``precision``: the one this call would train with."""
+    try:
+        recorded = json.loads((path / "config.json").read_text()).get("precision")
+    except (OSError, ValueError):
+        return  # no record (a run from before precision was recorded, or none yet)
+    if recorded is None or (recorded == "bf16") == (precision == "bf16"):
+        return
+    if finished:
+        warnings.warn(
+            f"{path.name} was trained with precision = {recorded!r}, not {precision!r} (the precision is not part of "
+            "the config's hash): returning it as it is; to compare, train it again in another root",
+            stacklevel=3,
+        )
+        return
+    raise ConfigError(
+        f"precision = {precision!r} is not allowed for resuming {path.name}, which started with {recorded!r}: "
+        f"pass precision={recorded!r}, or train it in another root"
+    )
 
 
 def compile_options(members: int) -> dict:
@@ -311,7 +335,8 @@ def _hash32(x: Tensor) -> Tensor:
 
 
 class Preempted(Exception):
-    """SIGTERM arrived (a SLURM time limit or pre-emption); the state was saved first."""
+    """SIGTERM arrived (a SLURM time limit or pre-emption); the state was saved first, or, where
+    it came during the last step, the finished run."""
 
 
 class Trainer:
@@ -328,7 +353,8 @@ class Trainer:
         check_precision(precision)
         self.config = config
         self.device = device
-        # TF32 is torch's process-wide switch, set by train(); bf16 is autocast around the step's forward.
+        # Only "bf16" acts here (autocast around the step's forward): TF32 is torch's process-wide
+        # switch, which train() sets from the precision and restores.
         self.precision = precision if device.type == "cuda" else "fp32"
         self.bf16 = self.precision == "bf16"
         self.members = config.members()
@@ -495,9 +521,11 @@ class Trainer:
         an H200, and the step took 226 µs without them."""
         x, y = self.data.inputs[idx], self.data.targets[idx]
         # No cast cache: it is not safe in a CUDA graph's capture, and the step casts each weight once anyway.
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+        # (Entering a disabled autocast costs a few µs of every eager step: hence the null context.)
+        bf16 = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if self.bf16 else contextlib.nullcontext()
+        with bf16:
             outputs = self._forward(unflatten(flat, self.base), x)
-        outputs = outputs.float()  # the loss's gradient in float32 (a no-op unless bf16)
+        outputs = outputs.float()  # the loss's gradient from float32 logits (a no-op unless bf16)
         with torch.no_grad():
             gradient = loss_gradient(self.data.loss, outputs, y) * share[..., None]
         return outputs, gradient
@@ -713,10 +741,15 @@ def train(
     :func:`compile_metrics_pays_off`), ``cuda_graphs`` replays each step as one CUDA
     graph, and ``precision`` says how matrix products are computed (:data:`PRECISIONS`):
     "tf32" by default (about 1e-3 relative error per product; these runs do not need exact
-    float32), "fp32" exactly, "bf16" faster still (Nanda et al.'s step took 162 µs instead of
-    228 on an H100, and still reached 99% in 4,900-5,000 steps) but with 8 significant bits,
-    which can matter where tiny losses do (the slingshots of Thilak et al.). None of them is
-    part of the config's hash; config.json records the precision a run started with.
+    float32), "fp32" exactly, "bf16" faster still (Nanda et al.'s compiled step took 162 µs on
+    an H100, against TF32's 226-229, and reached 99% within TF32's range of steps) but with 8
+    significant bits, which can matter where tiny losses do (the slingshots of Thilak et al.).
+    None of them is part of the config's hash; config.json records the precision a run started
+    with, and a run started in bf16 is not resumed in another precision, nor the other way round
+    (a finished one is returned with a warning).
+
+    A stop asked for during the run's last step (SIGTERM, Ctrl-C) lets the run finish and
+    write its results, then raises, so that a caller's loop of runs stops too.
     """
     if until is not None and (isinstance(until, bool) or not isinstance(until, numbers.Integral) or until < 0):
         raise ConfigError(f"until = {until!r} is not allowed: must be a whole number of steps >= 0, or None")
@@ -726,13 +759,17 @@ def train(
     mode = _progress_mode(progress)
     dev = resolve_device(device)
     path = run_path(config, root)
+    effective = precision if dev.type == "cuda" else "fp32"  # the CPU multiplies in float32
     if (path / "DONE").exists():
+        _check_same_precision(path, effective, finished=True)
         return Run(path)
     previous_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"  # bf16 too: its evaluations' products
     try:
         with exclusive(path):
             if not (path / "DONE").exists():  # another process may have finished it since our first look
+                if (path / "state.pt").exists():
+                    _check_same_precision(path, effective, finished=False)
                 trainer = Trainer(config, dev, cuda_graphs=cuda_graphs, torch_compile=torch_compile, precision=precision)
                 _fit(trainer, path, until=until, progress=mode, save_every_s=save_every_s)
     finally:

@@ -649,6 +649,16 @@ def test_a_resumed_run_drops_the_checkpoints_of_the_attempt_it_replaces(tmp_path
     assert run.checkpoint_steps == [0, 10, 20, 30, 40]
 
 
+def test_a_resumed_run_keeps_the_checkpoint_of_its_saved_step(tmp_path):
+    """Saved at step 10, where it also checkpointed: the resumed run does not write step 10
+    again (it was evaluated before the save), so that checkpoint must survive."""
+    config = small_config(steps=40, eval_points=12, checkpoints=0, checkpoint_every=10)
+    partial = gc.train(config, root=tmp_path, until=10, progress=False)
+    kept = (partial.path / "checkpoints" / "step_0000010.pt").read_bytes()
+    run = gc.train(config, root=tmp_path, progress=False)
+    assert (run.path / "checkpoints" / "step_0000010.pt").read_bytes() == kept
+
+
 def test_the_cpu_multiplies_in_float32_whatever_the_precision(tmp_path):
     """precision is how a GPU multiplies matrices: on the CPU "bf16" trains exactly as the
     default does, and the run records the float32 it used."""
@@ -658,6 +668,29 @@ def test_the_cpu_multiplies_in_float32_whatever_the_precision(tmp_path):
     columns = [c for c in default.history.columns if c != "wall_time"]
     assert default.history[columns].equals(bf16.history[columns])
     assert json.loads((bf16.path / "config.json").read_text())["precision"] == "fp32"
+    assert not Trainer(config, torch.device("cpu"), precision="bf16").bf16
+
+
+def record_precision(run_path, precision):
+    meta = json.loads((run_path / "config.json").read_text())
+    (run_path / "config.json").write_text(json.dumps({**meta, "precision": precision}))
+
+
+def test_a_run_started_in_bf16_is_not_resumed_in_another_precision(tmp_path):
+    """The precision is not in the config's hash, and bf16 changes what a run measures: resuming
+    across it is refused before any work, and a finished run is returned with a warning."""
+    config = small_config()
+    partial = gc.train(config, root=tmp_path, until=10, progress=False)
+    record_precision(partial.path, "bf16")  # as a GPU run in bf16 records it
+    state = (partial.path / "state.pt").read_bytes()
+    with pytest.raises(gc.ConfigError, match=r"^precision = 'fp32' is not allowed for resuming test-.*, which started with 'bf16'"):
+        gc.train(config, root=tmp_path, progress=False)
+    assert (partial.path / "state.pt").read_bytes() == state
+    record_precision(partial.path, "tf32")  # TF32 and float32 differ only in rounding: resumed
+    run = gc.train(config, root=tmp_path, progress=False)
+    record_precision(run.path, "bf16")
+    with pytest.warns(UserWarning, match=r"was trained with precision = 'bf16', not 'fp32'"):
+        assert gc.train(config, root=tmp_path, progress=False).done
 
 
 def test_checkpoints_restore_the_network(tmp_path):
