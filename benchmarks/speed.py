@@ -12,8 +12,8 @@ Cases, each measured on one GPU (one run of (a) in a second process, to time a f
     reaches 99%. The plain loop does what the progress-measures trainer does every epoch: a
     training step, a test-set forward pass, and ``.item()`` on both losses (on grokcore's
     network, and on the paper code's: :class:`ProgressMeasuresTransformer`). Identical runs
-    reach 99% at different steps, so the warm, graphs-only and plain rows are each the median
-    of ``--repeats`` runs, and their notes give the spread.
+    reach 99% at different steps, so the warm, graphs-only, bf16 and plain rows are each the
+    median of ``--repeats`` runs, and their notes give the spread.
 (b) Power et al.'s x/y mod 97, batch 512 (2-layer transformer): steps per second. The plain
     loop is danielmamay/grokking's classic one: shuffled index batches each epoch, and a
     ``.item()`` per step for logging.

@@ -17,8 +17,8 @@ def test_liu_toy_model_shows_all_four_phases(tmp_path):
     """Liu et al. 2022, Fig. 6c: on the toy addition model, the decoder's learning rate and
     weight decay decide the phase. A slow decoder without weight decay comprehends, and too
     much weight decay confuses it; a fast decoder memorises. At a middle learning rate, more
-    weight decay turns comprehension into grokking: validation then trails training by the
-    lag or more, over twice as long as with less weight decay. Generalising members have a
+    weight decay turns comprehension into grokking: validation then trails training by more
+    than the lag, over twice as long as with less weight decay. Generalising members have a
     perfectly structured (linear) embedding; a memorising one does not."""
     config = gc.RunConfig(
         name="science-liu-phases",

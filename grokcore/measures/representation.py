@@ -48,8 +48,11 @@ def classify_phases(history: pd.DataFrame, threshold: float = 0.9, lag: float = 
     ``threshold`` and validation gets there at most ``lag`` steps after training (or before
     it), *grokking* if validation gets there more than ``lag`` steps after training,
     *memorization* if only training does, *confusion* if training never does, whatever
-    validation does. The paper's table leaves a delay of exactly ``lag`` open; the authors'
-    code (``toy/Figure5.ipynb``) counts it as comprehension, and so do we.
+    validation does. The paper's table leaves a delay of exactly ``lag`` open; we count it as
+    comprehension, as the authors' code (``toy/Figure5.ipynb``) ends up doing: such a delay
+    passes neither of its two strict tests (below, above the threshold) and so takes the first
+    phase's index, comprehension (a comment in another of its notebooks reads the rule the
+    other way).
 
     An accuracy first seen at or above ``threshold`` at one evaluation crossed it at some step
     after the member's evaluation before (steps are whole numbers). ``resolved`` says whether
