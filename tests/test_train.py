@@ -1,5 +1,6 @@
 """The training loop against plain PyTorch, the run store, and resume."""
 
+import contextlib
 import json
 import math
 import os
@@ -669,6 +670,26 @@ def test_the_cpu_multiplies_in_float32_whatever_the_precision(tmp_path):
     assert default.history[columns].equals(bf16.history[columns])
     assert json.loads((bf16.path / "config.json").read_text())["precision"] == "fp32"
     assert not Trainer(config, torch.device("cpu"), precision="bf16").bf16
+
+
+def test_a_bf16_trainer_runs_its_step_forward_under_autocast(monkeypatch):
+    """The wiring of precision="bf16" (a GPU's, which CI lacks): the step's forward runs inside
+    a bfloat16 autocast without a cast cache, and the loss's gradient starts from float32."""
+    trainer = Trainer(small_config(), torch.device("cpu"))
+    entered = []
+
+    def autocast(device_type, dtype=None, cache_enabled=True, **kwargs):
+        entered.append((device_type, dtype, cache_enabled))
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(torch, "autocast", autocast)
+    idx, share = trainer.sample_batch()
+    trainer._outputs_and_gradient(trainer.flat, idx, share)
+    assert entered == []  # not bf16: no autocast at all
+    trainer.bf16 = True  # as on a GPU with precision="bf16"
+    outputs, gradient = trainer._outputs_and_gradient(trainer.flat, idx, share)
+    assert entered == [("cuda", torch.bfloat16, False)]
+    assert outputs.dtype == gradient.dtype == torch.float32
 
 
 def record_precision(run_path, precision):
