@@ -126,7 +126,7 @@ def test_phase_boundaries_of_synthetic_histories():
     """A delay of exactly ``lag`` is comprehension, as in the authors' code, one step more is
     grokking; validation first is comprehension, however early; validation without training
     is confusion (training never fit)."""
-    steps = range(0, 5001)
+    steps = range(5001)
     h = pd.DataFrame(history(0, 200, 1201, steps) + history(1, 200, 1200, steps) + history(2, 3000, 200) + history(3, None, 500))
     phases = classify_phases(h, threshold=0.9, lag=1000)["phase"].tolist()
     assert phases == ["grokking", "comprehension", "comprehension", "confusion"]
