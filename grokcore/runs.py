@@ -158,6 +158,11 @@ def code_version() -> str:
 # -- reading a run ----------------------------------------------------------------------
 
 
+def checkpoint_file(run: Path, step: int) -> Path:
+    """Where a run keeps every member's weights at ``step``."""
+    return Path(run) / "checkpoints" / f"step_{step:07d}.pt"
+
+
 class Run:
     """A finished (or partial) run read from the store."""
 
@@ -186,7 +191,7 @@ class Run:
 
     def flat_params(self, step: int) -> torch.Tensor:
         """Every member's weights at ``step``: a (K, P) tensor."""
-        return torch.load(self.path / "checkpoints" / f"step_{step:07d}.pt", map_location="cpu")["flat"]
+        return torch.load(checkpoint_file(self.path, step), map_location="cpu")["flat"]
 
     def model(self, step: int | None = None, member: int = 0) -> nn.Module:
         """Member ``member``'s network at checkpoint ``step`` (default: the last)."""

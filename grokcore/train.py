@@ -52,6 +52,7 @@ from grokcore.runs import (
     Run,
     atomic_torch_save,
     atomic_write_text,
+    checkpoint_file,
     code_version,
     exclusive,
     run_path,
@@ -75,6 +76,11 @@ PRECISIONS = {
     "bf16": "bfloat16 factors (8 significant bits) in the training step, forward and backward, through autocast; "
     "weights, optimiser and the loss's gradient at the logits stay float32, evaluations are as in tf32",
 }
+
+
+def device_precision(precision: str, device: torch.device) -> str:
+    """The precision ``device`` multiplies in: the CPU's is always float32."""
+    return precision if device.type == "cuda" else "fp32"
 
 
 def check_precision(precision) -> None:
@@ -355,7 +361,7 @@ class Trainer:
         self.device = device
         # Only "bf16" acts here (autocast around the step's forward): TF32 is torch's process-wide
         # switch, which train() sets from the precision and restores.
-        self.precision = precision if device.type == "cuda" else "fp32"
+        self.precision = device_precision(precision, device)
         self.bf16 = self.precision == "bf16"
         self.members = config.members()
         K = len(self.members)
@@ -759,7 +765,7 @@ def train(
     mode = _progress_mode(progress)
     dev = resolve_device(device)
     path = run_path(config, root)
-    effective = precision if dev.type == "cuda" else "fp32"  # the CPU multiplies in float32
+    effective = device_precision(precision, dev)
     if (path / "DONE").exists():
         _check_same_precision(path, effective, finished=True)
         return Run(path)
@@ -795,9 +801,9 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: str, save
         # Checkpoints after the saved state are from a run that was lost before its next save:
         # the resumed run writes its own (on a GPU, where members may stop at other steps, a
         # stale one could outlive it and be taken for the last).
-        for stale in (path / "checkpoints").glob("step_*.pt"):
-            if int(stale.stem.removeprefix("step_")) > int(trainer.step_count):
-                stale.unlink()
+        for later in Run(path).checkpoint_steps:
+            if later > int(trainer.step_count):
+                checkpoint_file(path, later).unlink()
     else:
         meta = {
             "config": config.to_dict(),
@@ -824,7 +830,7 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: str, save
 
     def save_checkpoint(step: int) -> None:
         checkpoint = {"flat": trainer.flat.detach().cpu().clone(), "step": step}
-        atomic_torch_save(checkpoint, path / "checkpoints" / f"step_{step:07d}.pt")
+        atomic_torch_save(checkpoint, checkpoint_file(path, step))
 
     bar = None
     logged_at = -math.inf
