@@ -3,7 +3,7 @@
 Run on a GPU (not in CI)::
 
     python benchmarks/speed.py                 # all three cases, prints a table
-    python benchmarks/speed.py --out book/appendix   # also writes the book's speed.csv
+    python benchmarks/speed.py --out book/appendix   # also the book's speed.csv, its history and figure
 
 Cases, each measured on one GPU (one run of (a) in a second process, to time a fresh start):
 
@@ -51,9 +51,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import speed_history  # noqa: E402  (beside this file)
+
 import grokcore as gc  # noqa: E402
 from grokcore.train import Trainer, build_member  # noqa: E402
-
 
 #: The implementation column of the plain loop on the paper code's network.
 PAPER = "plain, paper's module"
@@ -298,7 +299,7 @@ def spread(runs: list[tuple[float, int]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, help="folder for speed.csv (the book's: book/appendix)")
+    parser.add_argument("--out", type=Path, help="folder for speed.csv, speed_history.csv and speed_by_host.svg (the book's: book/appendix)")
     parser.add_argument("--steps", type=int, default=2000, help="timed steps for the steps/s cases")
     parser.add_argument("--repeats", type=int, default=3, help="runs of (a)'s warm, graphs-only and plain rows (the median is shown)")
     parser.add_argument("--nanda-run", type=Path, help=argparse.SUPPRESS)  # case (a) in a new process
@@ -417,7 +418,10 @@ def main() -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.out / "speed.csv", index=False)
-        print(f"wrote {args.out / 'speed.csv'}")
+        recorded = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())
+        history = speed_history.append(table, args.out / speed_history.HISTORY, recorded)
+        speed_history.plot(history, args.out / speed_history.FIGURE)
+        print(f"wrote {args.out / 'speed.csv'}, added it to {speed_history.HISTORY} and redrew {speed_history.FIGURE}")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
-"""The benchmark's baselines: the plain loop on the paper code's network trains the network grokcore trains; and
-the host its table names."""
+"""The benchmark's baselines: the plain loop on the paper code's network trains the network grokcore trains; the
+host its table names; and the history of its tables, with the figure drawn from it."""
 
 import math
 import sys
 from pathlib import Path
 
+import pandas as pd
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import speed
+import speed_history
 
 
 def test_paper_module_computes_grokcores_function_from_the_same_weights():
@@ -47,3 +50,79 @@ def test_host_cpu_names_the_first_model_line(tmp_path):
     cpuinfo.write_text("processor\t: 0\n")
     assert speed.host_cpu(cpuinfo) == fallback
     assert speed.host_cpu(tmp_path / "missing") == fallback
+
+
+def a_run(warm_s, plain_s, paper_s=None, bf16_s=None):
+    """Case (a)'s seconds rows of one speed.csv, with a cold row and a graphs-only row that the
+    figure must not take for the warm one."""
+    case, metric = speed_history.CASE_A, "seconds to 99% val acc"
+    rows = [
+        (case, "grokcore", metric, 12.0, "5000 steps; compile cache cold"),
+        (case, "grokcore", metric, warm_s, "4800 steps; compile cache warm; median of 3 runs: 1.1-1.3 s, 4700-4900 steps"),
+        (case, "grokcore, no compile", metric, 2.4, "4700 steps; CUDA graphs only"),
+        (case, "plain", metric, plain_s, "4000 steps; median of 3 runs: 19.5-20.5 s, 4000-4000 steps"),
+        (case, "ratio", "speed-up (plain s / ours s)", plain_s / warm_s, "compile cache warm"),
+        ("(b) Power x/y mod 97, batch 512", "plain", "steps/s", 250.0, ""),
+    ]
+    if paper_s is not None:
+        rows.append((case, speed.PAPER, metric, paper_s, "5000 steps"))
+    if bf16_s is not None:
+        rows.append((case, "grokcore, bf16", metric, bf16_s, "5000 steps; compile cache warm, bf16 products"))
+    table = pd.DataFrame(rows, columns=["case", "implementation", "metric", "value", "note"])
+    return table.assign(device="NVIDIA H100 80GB HBM3", torch="2.11.0")
+
+
+def test_the_history_keeps_every_run_with_when_it_was_recorded(tmp_path):
+    path = tmp_path / "appendix" / speed_history.HISTORY
+    first, second = a_run(1.2, 20.0), a_run(1.0, 15.0, paper_s=18.0)
+    speed_history.append(first, path, "2026-12-01T10:00Z")
+    history = speed_history.append(second, path, "2026-12-02T11:30Z")
+    assert history.equals(pd.read_csv(path))
+    assert list(history.columns) == ["recorded", *second.columns]
+    assert list(history["recorded"]) == ["2026-12-01T10:00Z"] * len(first) + ["2026-12-02T11:30Z"] * len(second)
+    assert list(history["value"]) == list(first["value"]) + list(second["value"])
+
+
+def test_the_figures_points_are_the_plain_step_and_the_speed_up_of_each_run():
+    history = pd.concat([
+        a_run(1.2, 20.0).assign(recorded="2026-12-01T10:00Z"),
+        a_run(1.0, 15.0, paper_s=18.0, bf16_s=0.8).assign(recorded="2026-12-02T11:30Z"),
+    ])
+    got = speed_history.points(history)
+    got = {(r.recorded[:10], r.network, r.precision): (r.plain_ms_per_step, r.speedup, r.ours_ms_per_step) for r in got.itertuples()}
+    # by hand: ms per step = seconds / steps * 1000; speed-up = plain seconds / grokcore's warm seconds
+    expected = {
+        ("2026-12-01", "grokcore's", "TF32"): (20.0 / 4000 * 1000, 20.0 / 1.2, 1.2 / 4800 * 1000),
+        ("2026-12-02", "grokcore's", "TF32"): (15.0 / 4000 * 1000, 15.0 / 1.0, 1.0 / 4800 * 1000),
+        ("2026-12-02", "grokcore's", "bf16"): (15.0 / 4000 * 1000, 15.0 / 0.8, 0.8 / 5000 * 1000),
+        ("2026-12-02", "the paper code's", "TF32"): (18.0 / 5000 * 1000, 18.0 / 1.0, 1.0 / 4800 * 1000),
+        ("2026-12-02", "the paper code's", "bf16"): (18.0 / 5000 * 1000, 18.0 / 0.8, 0.8 / 5000 * 1000),
+    }
+    assert got.keys() == expected.keys()
+    for key, values in expected.items():
+        assert got[key] == pytest.approx(values, rel=1e-12), key
+
+
+def test_a_row_of_a_without_its_steps_is_named():
+    history = a_run(1.2, 20.0).assign(recorded="2026-12-01T10:00Z")
+    history.loc[history["implementation"] == "plain", "note"] = "median of 3 runs"
+    with pytest.raises(ValueError, match="should note its steps first.*'median of 3 runs'"):
+        speed_history.points(history)
+
+
+def test_the_figure_changes_only_with_the_history(tmp_path):
+    history = a_run(1.0, 15.0, paper_s=18.0, bf16_s=0.8).assign(recorded="2026-12-02T11:30Z")
+    speed_history.plot(history, tmp_path / "a.svg")
+    speed_history.plot(history, tmp_path / "b.svg")
+    assert (tmp_path / "a.svg").read_bytes() == (tmp_path / "b.svg").read_bytes()
+    assert b"<svg" in (tmp_path / "a.svg").read_bytes()
+    history.loc[history["implementation"] == "plain", "value"] = 16.0
+    speed_history.plot(history, tmp_path / "c.svg")
+    assert (tmp_path / "c.svg").read_bytes() != (tmp_path / "a.svg").read_bytes()
+
+
+def test_redrawing_without_a_history_says_how_to_start_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["speed_history.py", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        speed_history.main()
+    assert f"folder = {tmp_path} has no speed_history.csv" in capsys.readouterr().err

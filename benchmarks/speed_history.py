@@ -1,0 +1,151 @@
+"""Every recorded run of ``speed.py``, and the figure that sets case (a)'s speed-up beside the host.
+
+``speed.py --out DIR`` writes ``DIR/speed.csv`` (its run) and adds the same rows, with the time
+they were recorded, to ``DIR/speed_history.csv``; then it redraws ``DIR/speed_by_host.svg``
+from the history. To redraw the figure alone::
+
+    python benchmarks/speed_history.py book/appendix
+
+The plain loop launches every kernel from Python, so its speed is the host CPU's, which
+differs from one loan of a GPU machine to the next; grokcore's compiled step hardly does. The
+figure plots case (a)'s speed-up against the plain loop's time per step, one point per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from grokcore.runs import atomic_write_bytes, atomic_write_text  # noqa: E402
+
+HISTORY = "speed_history.csv"
+FIGURE = "speed_by_host.svg"
+CASE_A = "(a) Nanda p=113, to 99% val"
+PAPER = "plain, paper's module"
+TARGET = 20.0  # the issue's target for case (a): at least 20x the plain loop
+
+
+def append(table: pd.DataFrame, path: Path, recorded: str) -> pd.DataFrame:
+    """Add one run's rows to the history at ``path`` (made if missing), stamped ``recorded``;
+    returns the history as the file now holds it."""
+    rows = table.assign(recorded=recorded)[["recorded", *table.columns]]
+    history = pd.concat([pd.read_csv(path), rows], ignore_index=True) if path.exists() else rows
+    text = history.to_csv(index=False)
+    atomic_write_text(path, text)
+    return pd.read_csv(io.StringIO(text))
+
+
+def _steps(note: str) -> int:
+    """The step count a row of (a) starts its note with ("4800 steps; ...")."""
+    first = str(note).split(";")[0].split()
+    if len(first) != 2 or first[1] != "steps":
+        raise ValueError(f"a row of case (a) should note its steps first ('4800 steps; ...'), not {note!r}")
+    return int(first[0])
+
+
+def _row(run: pd.DataFrame, implementation: str, note: str | None = None) -> pd.Series | None:
+    """The one row of ``implementation`` (whose note contains ``note``), or None."""
+    rows = run[run["implementation"] == implementation]
+    if note is not None:
+        rows = rows[rows["note"].str.contains(note, regex=False)]
+    return rows.iloc[0] if len(rows) == 1 else None
+
+
+def points(history: pd.DataFrame) -> pd.DataFrame:
+    """Case (a), one row per run and comparison: the plain loop's milliseconds per step (its
+    seconds to 99% over its steps, evaluations included) and the speed-up over grokcore's warm
+    row, in TF32 and, where the run has it, with bf16 factors."""
+    seconds = history[(history["case"] == CASE_A) & (history["metric"] == "seconds to 99% val acc")]
+    out = []
+    for recorded, run in seconds.groupby("recorded", sort=True):
+        ours = {"TF32": _row(run, "grokcore", "compile cache warm"), "bf16": _row(run, "grokcore, bf16")}
+        for network, implementation in (("grokcore's", "plain"), ("the paper code's", PAPER)):
+            plain = _row(run, implementation)
+            if plain is None:
+                continue
+            for precision, warm in ours.items():
+                if warm is None:
+                    continue
+                out.append({
+                    "recorded": recorded,
+                    "device": run["device"].iloc[0],
+                    "network": network,
+                    "precision": precision,
+                    "plain_ms_per_step": 1e3 * plain["value"] / _steps(plain["note"]),
+                    "speedup": plain["value"] / warm["value"],
+                    "ours_ms_per_step": 1e3 * warm["value"] / _steps(warm["note"]),
+                })
+    return pd.DataFrame(out)
+
+
+def plot(history: pd.DataFrame, path: Path) -> None:
+    """Case (a)'s speed-up against the plain loop's step, every run; the format is the
+    suffix of ``path`` (.svg, .png, .pdf). A dotted line per precision through the origin: the
+    speed-up of a run that takes the latest warm row's time per step for as many steps as the
+    plain loop (a ratio of times per step, so proportional to the host's plain step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = points(history)
+    latest = data[data["recorded"] == data["recorded"].max()]
+    series = [  # network, precision, colour, label
+        ("the paper code's", "TF32", "C0", "the paper code's network, TF32"),
+        ("grokcore's", "TF32", "C1", "grokcore's network on both sides, TF32"),
+        ("the paper code's", "bf16", "C2", "the paper code's network, bf16 factors"),
+        ("grokcore's", "bf16", "C3", "grokcore's network on both sides, bf16 factors"),
+    ]
+    with plt.rc_context({"svg.hashsalt": "grokbook", "font.size": 9}):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for network, precision, color, label in series:
+            for gpu, marker in (("H100", "o"), ("H200", "s")):
+                part = data[(data["network"] == network) & (data["precision"] == precision) & data["device"].str.contains(gpu)]
+                if len(part):
+                    ax.scatter(part["plain_ms_per_step"], part["speedup"], color=color, marker=marker, s=22,
+                               label=f"{label} ({gpu})", alpha=0.85, zorder=3)
+        ax.scatter(latest["plain_ms_per_step"], latest["speedup"], facecolors="none", edgecolors="black", s=70,
+                   label="the latest run (the table)", zorder=4)
+        xmax = 1.05 * data["plain_ms_per_step"].max()
+        for precision, color in (("TF32", "C0"), ("bf16", "C2")):
+            ours = latest.loc[latest["precision"] == precision, "ours_ms_per_step"]
+            if len(ours):
+                ms = ours.iloc[0]
+                ax.plot([0, xmax], [0, xmax / ms], color=color, linestyle=":", linewidth=1,
+                        label=f"{precision}: {1e3 * ms:.0f} µs a step (latest warm row), as many steps")
+        ax.axhline(TARGET, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlim(0.9 * data["plain_ms_per_step"].min(), xmax)
+        ax.set_ylim(0.9 * data["speedup"].min(), 1.05 * data["speedup"].max())
+        ax.annotate("target: 20x", (ax.get_xlim()[1], TARGET), xytext=(-4, 3), textcoords="offset points",
+                    color="grey", ha="right")
+        ax.set_xlabel("the plain loop's time per step on the run's host (ms, its evaluation included)")
+        ax.set_ylabel("speed-up to 99% (plain s / grokcore's warm s)")
+        ax.set_title(f"Case (a): the speed-up follows the host ({data['recorded'].nunique()} runs of speed.py)", fontsize=10)
+        ax.legend(fontsize=6.5, loc="upper left", frameon=False)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        buffer = io.BytesIO()  # an SVG without a date, so it only changes with the history
+        fig.savefig(buffer, format=path.suffix.lstrip("."), metadata={"Date": None} if path.suffix == ".svg" else None)
+        plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="redraw the speed-by-host figure from a folder's speed_history.csv")
+    parser.add_argument("folder", type=Path, help="the folder with speed_history.csv (the book's: book/appendix)")
+    args = parser.parse_args()
+    history_file = args.folder / HISTORY
+    if not history_file.exists():
+        parser.error(f"folder = {args.folder} has no {HISTORY}: `python benchmarks/speed.py --out {args.folder}` starts one")
+    plot(pd.read_csv(history_file), args.folder / FIGURE)
+    print(f"wrote {args.folder / FIGURE}")
+
+
+if __name__ == "__main__":
+    main()
