@@ -5,6 +5,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import sys
 import threading
 from datetime import datetime
@@ -206,3 +207,26 @@ def test_a_resumed_run_removes_the_temporary_files_of_a_killed_writer(tmp_path):
     assert run.done
     assert not any(file.exists() for file in stale)
     assert kept and all(file.exists() for file in kept)
+
+
+def test_a_write_syncs_the_file_then_its_folder(tmp_path, monkeypatch):
+    """The file's bytes reach the disk before the rename, and the rename itself after it (its
+    folder synced); a file system that cannot sync a folder does not fail the write."""
+    synced = []
+    real_fsync = os.fsync
+
+    def record(fd):
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else os.fstat(fd).st_size)
+        real_fsync(fd)
+
+    monkeypatch.setattr(runs.os, "fsync", record)
+    runs.atomic_write_text(tmp_path / "run" / "history.csv", "step\n1\n")
+    assert synced == [len("step\n1\n"), "folder"]
+
+    def no_folder_sync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(runs.os, "fsync", no_folder_sync)
+    runs.atomic_write_text(tmp_path / "run" / "history.csv", "step\n2\n")
+    assert (tmp_path / "run" / "history.csv").read_text() == "step\n2\n"
