@@ -416,12 +416,8 @@ def main() -> None:
     table["torch"] = torch.__version__
     table["host cpu"] = host
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out / "speed.csv", index=False)
-        recorded = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())
-        history = speed_history.append(table, args.out / speed_history.HISTORY, recorded)
-        speed_history.plot(history, args.out / speed_history.FIGURE)
-        print(f"wrote {args.out / 'speed.csv'}, added it to {speed_history.HISTORY} and redrew {speed_history.FIGURE}")
+        speed_history.record(table, args.out)
+        print(f"wrote {args.out / speed_history.TABLE}, added it to {speed_history.HISTORY} and redrew {speed_history.FIGURE}")
 
 
 if __name__ == "__main__":

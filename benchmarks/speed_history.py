@@ -2,7 +2,7 @@
 
 ``speed.py --out DIR`` writes ``DIR/speed.csv`` (its run) and adds the same rows, with the time
 they were recorded, to ``DIR/speed_history.csv``; then it redraws ``DIR/speed_by_host.svg``
-from the history. To redraw the figure alone::
+from the history (:func:`record`). To redraw the figure alone::
 
     python benchmarks/speed_history.py book/appendix
 
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import re
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -24,62 +26,87 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grokcore.runs import atomic_write_bytes, atomic_write_text  # noqa: E402
 
+TABLE = "speed.csv"
 HISTORY = "speed_history.csv"
 FIGURE = "speed_by_host.svg"
 CASE_A = "(a) Nanda p=113, to 99% val"
 PAPER = "plain, paper's module"
 TARGET = 20.0  # the issue's target for case (a): at least 20x the plain loop
+UNDATED = {".svg": {"Date": None}, ".pdf": {"CreationDate": None}, ".png": {}}  # the figure's formats
+
+
+def record(table: pd.DataFrame, folder: Path, recorded: str | None = None) -> pd.DataFrame:
+    """What ``speed.py --out folder`` does with its run's table: write it as speed.csv, add it
+    to the history (stamped now, unless ``recorded``) and redraw the figure; returns the history."""
+    recorded = recorded or time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / TABLE, table.to_csv(index=False))
+    history = append(table, folder / HISTORY, recorded)
+    plot(history, folder / FIGURE)
+    return history
 
 
 def append(table: pd.DataFrame, path: Path, recorded: str) -> pd.DataFrame:
-    """Add one run's rows to the history at ``path`` (made if missing), stamped ``recorded``;
-    returns the history as the file now holds it."""
+    """Add one run's rows to the history at ``path`` (made if missing), stamped ``recorded``
+    (UTC, to the minute: 2026-12-06T16:19Z); returns the history as the file now holds it."""
+    if not isinstance(recorded, str) or not re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\dZ", recorded):
+        raise ValueError(f"recorded = {recorded!r} is not allowed: must be a UTC time to the minute, such as 2026-12-06T16:19Z")
+    history = pd.read_csv(path) if path.exists() else None
+    if history is not None and (history["recorded"] == recorded).any():
+        raise ValueError(f"recorded = {recorded} is already in {path}: each run needs its own time")
     rows = table.assign(recorded=recorded)[["recorded", *table.columns]]
-    history = pd.concat([pd.read_csv(path), rows], ignore_index=True) if path.exists() else rows
-    text = history.to_csv(index=False)
+    text = (rows if history is None else pd.concat([history, rows], ignore_index=True)).to_csv(index=False)
     atomic_write_text(path, text)
     return pd.read_csv(io.StringIO(text))
 
 
-def _steps(note: str) -> int:
+def _steps(row: pd.Series) -> int:
     """The step count a row of (a) starts its note with ("4800 steps; ...")."""
-    first = str(note).split(";")[0].split()
-    if len(first) != 2 or first[1] != "steps":
-        raise ValueError(f"a row of case (a) should note its steps first ('4800 steps; ...'), not {note!r}")
+    first = str(row["note"]).split(";")[0].split()
+    if len(first) != 2 or first[1] != "steps" or not first[0].isdigit():
+        raise ValueError(
+            f"history: the {row['implementation']!r} row of case (a) recorded {row['recorded']} should start its note "
+            f"with its steps ('4800 steps; ...'), not {row['note']!r}"
+        )
     return int(first[0])
 
 
-def _row(run: pd.DataFrame, implementation: str, note: str | None = None) -> pd.Series | None:
-    """The one row of ``implementation`` (whose note contains ``note``), or None."""
+def _row(run: pd.DataFrame, implementation: str, note: str | None = None, required: bool = False) -> pd.Series | None:
+    """The row of ``implementation`` (whose note contains ``note``); None if the run has none
+    and may lack it. Two such rows, or none where one is required, would make a point wrong."""
     rows = run[run["implementation"] == implementation]
     if note is not None:
-        rows = rows[rows["note"].str.contains(note, regex=False)]
-    return rows.iloc[0] if len(rows) == 1 else None
+        rows = rows[rows["note"].str.contains(note, regex=False, na=False)]
+    if len(rows) > 1 or (required and not len(rows)):
+        which = f"{implementation!r}" + (f" noting {note!r}" if note else "")
+        raise ValueError(f"history: the run recorded {run['recorded'].iloc[0]} has {len(rows)} rows {which} in case (a), not one")
+    return rows.iloc[0] if len(rows) else None
 
 
 def points(history: pd.DataFrame) -> pd.DataFrame:
     """Case (a), one row per run and comparison: the plain loop's milliseconds per step (its
-    seconds to 99% over its steps, evaluations included) and the speed-up over grokcore's warm
-    row, in TF32 and, where the run has it, with bf16 factors."""
+    seconds to 99% over its steps, evaluations included), the speed-up over grokcore's warm
+    row, in TF32 and, where the run has it, with bf16 factors, and that row's milliseconds per
+    step (set-up and evaluations included)."""
     seconds = history[(history["case"] == CASE_A) & (history["metric"] == "seconds to 99% val acc")]
     out = []
     for recorded, run in seconds.groupby("recorded", sort=True):
-        ours = {"TF32": _row(run, "grokcore", "compile cache warm"), "bf16": _row(run, "grokcore, bf16")}
+        ours = {"TF32": _row(run, "grokcore", "compile cache warm", required=True), "bf16": _row(run, "grokcore, bf16")}
         for network, implementation in (("grokcore's", "plain"), ("the paper code's", PAPER)):
-            plain = _row(run, implementation)
-            if plain is None:
+            plain = _row(run, implementation, required=implementation == "plain")
+            if plain is None:  # the paper code's network joined the benchmark on 2026-12-05
                 continue
             for precision, warm in ours.items():
-                if warm is None:
+                if warm is None:  # bf16 joined it on 2026-12-06
                     continue
                 out.append({
                     "recorded": recorded,
                     "device": run["device"].iloc[0],
                     "network": network,
                     "precision": precision,
-                    "plain_ms_per_step": 1e3 * plain["value"] / _steps(plain["note"]),
+                    "plain_ms_per_step": 1e3 * plain["value"] / _steps(plain),
                     "speedup": plain["value"] / warm["value"],
-                    "ours_ms_per_step": 1e3 * warm["value"] / _steps(warm["note"]),
+                    "ours_ms_per_step": 1e3 * warm["value"] / _steps(warm),
                 })
     return pd.DataFrame(out)
 
@@ -89,12 +116,15 @@ def plot(history: pd.DataFrame, path: Path) -> None:
     suffix of ``path`` (.svg, .png, .pdf). A dotted line per precision through the origin: the
     speed-up of a run that takes the latest warm row's time per step for as many steps as the
     plain loop (a ratio of times per step, so proportional to the host's plain step)."""
+    if path.suffix not in UNDATED:
+        raise ValueError(f"path = {path} is not allowed: the figure's file must end in {', '.join(UNDATED)}")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     data = points(history)
+    gpus = {device: device.removeprefix("NVIDIA ").split()[0] for device in sorted(data["device"].unique())}
     latest = data[data["recorded"] == data["recorded"].max()]
     series = [  # network, precision, colour, label
         ("the paper code's", "TF32", "C0", "the paper code's network, TF32"),
@@ -105,8 +135,8 @@ def plot(history: pd.DataFrame, path: Path) -> None:
     with plt.rc_context({"svg.hashsalt": "grokbook", "font.size": 9}):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for network, precision, color, label in series:
-            for gpu, marker in (("H100", "o"), ("H200", "s")):
-                part = data[(data["network"] == network) & (data["precision"] == precision) & data["device"].str.contains(gpu)]
+            for (device, gpu), marker in zip(gpus.items(), "os^Dv<>p*h"):
+                part = data[(data["network"] == network) & (data["precision"] == precision) & (data["device"] == device)]
                 if len(part):
                     ax.scatter(part["plain_ms_per_step"], part["speedup"], color=color, marker=marker, s=22,
                                label=f"{label} ({gpu})", alpha=0.85, zorder=3)
@@ -118,7 +148,7 @@ def plot(history: pd.DataFrame, path: Path) -> None:
             if len(ours):
                 ms = ours.iloc[0]
                 ax.plot([0, xmax], [0, xmax / ms], color=color, linestyle=":", linewidth=1,
-                        label=f"{precision}: {1e3 * ms:.0f} µs a step (latest warm row), as many steps")
+                        label=f"{precision}: the latest warm row's {1e3 * ms:.0f} µs a step (set-up and evaluations in it), as many steps")
         ax.axhline(TARGET, color="grey", linestyle="--", linewidth=1)
         ax.set_xlim(0.9 * data["plain_ms_per_step"].min(), xmax)
         ax.set_ylim(0.9 * data["speedup"].min(), 1.05 * data["speedup"].max())
@@ -130,8 +160,8 @@ def plot(history: pd.DataFrame, path: Path) -> None:
         ax.legend(fontsize=6.5, loc="upper left", frameon=False)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        buffer = io.BytesIO()  # an SVG without a date, so it only changes with the history
-        fig.savefig(buffer, format=path.suffix.lstrip("."), metadata={"Date": None} if path.suffix == ".svg" else None)
+        buffer = io.BytesIO()  # without a date, so the file only changes with the history
+        fig.savefig(buffer, format=path.suffix.lstrip("."), metadata=UNDATED[path.suffix])
         plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
 

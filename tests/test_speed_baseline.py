@@ -73,14 +73,22 @@ def a_run(warm_s, plain_s, paper_s=None, bf16_s=None):
 
 
 def test_the_history_keeps_every_run_with_when_it_was_recorded(tmp_path):
-    path = tmp_path / "appendix" / speed_history.HISTORY
+    """What speed.py --out does: the run as speed.csv, its rows added to the history, the figure."""
+    folder = tmp_path / "appendix"
     first, second = a_run(1.2, 20.0), a_run(1.0, 15.0, paper_s=18.0)
-    speed_history.append(first, path, "2026-12-01T10:00Z")
-    history = speed_history.append(second, path, "2026-12-02T11:30Z")
-    assert history.equals(pd.read_csv(path))
+    speed_history.record(first, folder, "2026-12-01T10:00Z")
+    speed_history.record(second, folder, "2026-12-02T11:30Z")
+    history = pd.read_csv(folder / "speed_history.csv")
     assert list(history.columns) == ["recorded", *second.columns]
     assert list(history["recorded"]) == ["2026-12-01T10:00Z"] * len(first) + ["2026-12-02T11:30Z"] * len(second)
     assert list(history["value"]) == list(first["value"]) + list(second["value"])
+    assert list(pd.read_csv(folder / "speed.csv")["value"]) == list(second["value"])  # the latest run alone
+    assert b"<svg" in (folder / "speed_by_host.svg").read_bytes()
+    with pytest.raises(ValueError, match="recorded = 2026-12-02T11:30Z is already in"):
+        speed_history.append(second, folder / "speed_history.csv", "2026-12-02T11:30Z")
+    with pytest.raises(ValueError, match="recorded = '2 December' is not allowed: must be a UTC time to the minute"):
+        speed_history.append(second, folder / "speed_history.csv", "2 December")
+    assert len(pd.read_csv(folder / "speed_history.csv")) == len(history)  # refused before writing
 
 
 def test_the_figures_points_are_the_plain_step_and_the_speed_up_of_each_run():
@@ -106,8 +114,26 @@ def test_the_figures_points_are_the_plain_step_and_the_speed_up_of_each_run():
 def test_a_row_of_a_without_its_steps_is_named():
     history = a_run(1.2, 20.0).assign(recorded="2026-12-01T10:00Z")
     history.loc[history["implementation"] == "plain", "note"] = "median of 3 runs"
-    with pytest.raises(ValueError, match="should note its steps first.*'median of 3 runs'"):
+    with pytest.raises(ValueError, match="the 'plain' row of case \\(a\\) recorded 2026-12-01T10:00Z should start its note"):
         speed_history.points(history)
+
+
+@pytest.mark.parametrize("change, message", [
+    ("twice", "has 2 rows 'grokcore' noting 'compile cache warm' in case \\(a\\), not one"),
+    ("no warm row", "has 0 rows 'grokcore' noting 'compile cache warm' in case \\(a\\), not one"),
+    ("no plain row", "has 0 rows 'plain' in case \\(a\\), not one"),
+])
+def test_a_run_whose_rows_are_ambiguous_or_missing_is_refused_not_dropped(change, message):
+    """Two runs stamped alike, or a row missing, would silently take a point off the figure."""
+    run = a_run(1.2, 20.0).assign(recorded="2026-12-01T10:00Z")
+    if change == "twice":
+        run = pd.concat([run, run])
+    elif change == "no warm row":
+        run = run[~run["note"].str.contains("compile cache warm") | (run["implementation"] != "grokcore")]
+    else:
+        run = run[run["implementation"] != "plain"]
+    with pytest.raises(ValueError, match="history: the run recorded 2026-12-01T10:00Z " + message):
+        speed_history.points(run)
 
 
 def test_the_figure_changes_only_with_the_history(tmp_path):
@@ -119,6 +145,13 @@ def test_the_figure_changes_only_with_the_history(tmp_path):
     history.loc[history["implementation"] == "plain", "value"] = 16.0
     speed_history.plot(history, tmp_path / "c.svg")
     assert (tmp_path / "c.svg").read_bytes() != (tmp_path / "a.svg").read_bytes()
+
+
+def test_the_figure_refuses_a_file_it_cannot_draw_without_a_date(tmp_path):
+    history = a_run(1.0, 15.0).assign(recorded="2026-12-02T11:30Z")
+    with pytest.raises(ValueError, match="path = .*figure.jpg is not allowed: the figure's file must end in .svg, .pdf, .png"):
+        speed_history.plot(history, tmp_path / "figure.jpg")
+    assert not (tmp_path / "figure.jpg").exists()
 
 
 def test_redrawing_without_a_history_says_how_to_start_one(tmp_path, monkeypatch, capsys):
