@@ -18,6 +18,7 @@ leaves either the old file or the new one. The root is ``$GROKCORE_RUNS`` if set
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import json
@@ -72,7 +73,7 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_folders(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; runs are shared on clusters
@@ -89,18 +90,33 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _fsync_folder(folder: Path) -> None:
-    """Make a rename durable: until its folder is synced, a power loss may bring back the old
-    file (whole, but older). Some file systems cannot sync a folder; the rename stands there."""
+    """Make a rename (or a new entry) durable: until its folder is synced, a power loss may bring
+    back the old file (whole, but older), or lose a new one. Some file systems cannot sync a
+    folder, and a folder may not be readable; the rename stands there. A failed sync (EIO) is
+    an error."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
     finally:
         os.close(fd)
+
+
+def _make_folders(folder: Path) -> None:
+    """``folder`` and any missing parents, each synced into its parent."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    if missing:
+        missing[0].mkdir(parents=True, exist_ok=True)
+    for made in reversed(missing):
+        _fsync_folder(made.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -119,7 +135,7 @@ def exclusive(path: Path):
     made here that holds nothing but the lock when the body fails (a config that only the
     network can refuse) is removed, so that a failed start leaves no empty run behind."""
     made = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
+    _make_folders(path)
     lock = path / ".lock"
     try:
         with open(lock, "w") as f:

@@ -1,6 +1,7 @@
 """The run store's summary (``python -m grokcore runs``), read against the runs' own files."""
 
 import csv
+import errno
 import fcntl
 import json
 import os
@@ -211,22 +212,33 @@ def test_a_resumed_run_removes_the_temporary_files_of_a_killed_writer(tmp_path):
 
 def test_a_write_syncs_the_file_then_its_folder(tmp_path, monkeypatch):
     """The file's bytes reach the disk before the rename, and the rename itself after it (its
-    folder synced); a file system that cannot sync a folder does not fail the write."""
+    folder synced), as does a folder the write makes; a file system that cannot sync a folder
+    does not fail the write, but a sync that fails does."""
     synced = []
     real_fsync = os.fsync
 
     def record(fd):
-        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else os.fstat(fd).st_size)
+        info = os.fstat(fd)
+        synced.append(info.st_ino if stat.S_ISDIR(info.st_mode) else info.st_size)
         real_fsync(fd)
 
     monkeypatch.setattr(runs.os, "fsync", record)
-    runs.atomic_write_text(tmp_path / "run" / "history.csv", "step\n1\n")
-    assert synced == [len("step\n1\n"), "folder"]
+    runs.atomic_write_text(tmp_path / "run" / "checkpoints" / "history.csv", "step\n1\n")
+    inode = {name: (tmp_path / name).stat().st_ino for name in ("", "run", "run/checkpoints")}
+    assert synced == [inode[""], inode["run"], len("step\n1\n"), inode["run/checkpoints"]]
+    synced.clear()
+    runs.atomic_write_text(tmp_path / "run" / "checkpoints" / "history.csv", "step\n2\n")
+    assert synced == [len("step\n2\n"), inode["run/checkpoints"]]
 
-    def no_folder_sync(fd):
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(22, "Invalid argument")
+    def folder_sync_fails(code):
+        def fsync(fd):
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise OSError(code, os.strerror(code))
+        return fsync
 
-    monkeypatch.setattr(runs.os, "fsync", no_folder_sync)
-    runs.atomic_write_text(tmp_path / "run" / "history.csv", "step\n2\n")
-    assert (tmp_path / "run" / "history.csv").read_text() == "step\n2\n"
+    monkeypatch.setattr(runs.os, "fsync", folder_sync_fails(errno.EINVAL))  # e.g. some network file systems
+    runs.atomic_write_text(tmp_path / "run" / "checkpoints" / "history.csv", "step\n3\n")
+    assert (tmp_path / "run" / "checkpoints" / "history.csv").read_text() == "step\n3\n"
+    monkeypatch.setattr(runs.os, "fsync", folder_sync_fails(errno.EIO))
+    with pytest.raises(OSError, match=os.strerror(errno.EIO)):
+        runs.atomic_write_text(tmp_path / "run" / "checkpoints" / "history.csv", "step\n4\n")
