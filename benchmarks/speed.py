@@ -52,12 +52,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import speed_history  # noqa: E402  (beside this file)
+from speed_history import CASE_A, PAPER  # noqa: E402
 
 import grokcore as gc  # noqa: E402
 from grokcore.train import Trainer, build_member  # noqa: E402
-
-#: The implementation column of the plain loop on the paper code's network.
-PAPER = "plain, paper's module"
 
 
 def host_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
@@ -329,7 +327,7 @@ def main() -> None:
     # The first run compiles into empty caches; the second, in this process, reuses the compiled code.
     root = Path(os.environ.get("GROKCORE_RUNS", "/tmp/grokcore-bench-runs")) / str(time.time_ns())
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor-cache")
-    case = "(a) Nanda p=113, to 99% val"
+    case = CASE_A
     # Identical runs reach 99% at different steps (TF32 and atomic adds round differently each
     # time), so the rows that cost little are the median of --repeats runs, with their spread.
     variants = [

@@ -8,7 +8,8 @@ from the history (:func:`record`). To redraw the figure alone::
 
 The plain loop launches every kernel from Python, so its speed is the host CPU's, which
 differs from one loan of a GPU machine to the next; grokcore's compiled step hardly does. The
-figure plots case (a)'s speed-up against the plain loop's time per step, one point per run.
+figure plots case (a)'s speed-up against the plain loop's time per step, one point per run and
+comparison (network and precision).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from grokcore.runs import atomic_write_bytes, atomic_write_text  # noqa: E402
 TABLE = "speed.csv"
 HISTORY = "speed_history.csv"
 FIGURE = "speed_by_host.svg"
-CASE_A = "(a) Nanda p=113, to 99% val"
-PAPER = "plain, paper's module"
+CASE_A = "(a) Nanda p=113, to 99% val"  # the case column of speed.py's case (a)
+PAPER = "plain, paper's module"  # the implementation column of its plain loop on the paper code's network
 TARGET = 20.0  # the issue's target for case (a): at least 20x the plain loop
 UNDATED = {".svg": {"Date": None}, ".pdf": {"CreationDate": None}, ".png": {}}  # the figure's formats
 
