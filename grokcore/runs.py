@@ -170,14 +170,15 @@ def exclusive(path: Path):
         raise
 
 
-def code_version() -> str:
-    """grokcore's version and, inside a git checkout, the commit (recorded, not hashed)."""
+def code_version(checkout: Path | None = None) -> str:
+    """grokcore's version and, inside a git checkout, the commit (recorded, not hashed), with
+    ``-dirty`` where tracked files differ from it: the run's code is then not that commit's."""
     from grokcore import __version__
 
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
+            ["git", "describe", "--always", "--dirty", "--abbrev=7", "--exclude=*"],
+            cwd=checkout or Path(__file__).parent,
             capture_output=True,
             text=True,
             timeout=5,

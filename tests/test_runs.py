@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import threading
 from datetime import datetime
@@ -242,3 +243,23 @@ def test_a_write_syncs_the_file_then_its_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(runs.os, "fsync", folder_sync_fails(errno.EIO))
     with pytest.raises(OSError, match=os.strerror(errno.EIO)):
         runs.atomic_write_text(tmp_path / "run" / "checkpoints" / "history.csv", "step\n4\n")
+
+
+def test_the_code_version_names_the_commit_and_whether_the_checkout_differs(tmp_path):
+    """A run records the commit it ran from; edited tracked files add -dirty (the code was not
+    that commit's), new untracked files do not; outside a checkout, the version alone."""
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    assert runs.code_version(tmp_path) == gc.__version__
+    git("init", "-q")
+    (tmp_path / "model.py").write_text("width = 128\n")
+    git("add", "model.py")
+    git("commit", "-q", "-m", "a model")
+    commit = git("rev-parse", "--short=7", "HEAD")
+    assert runs.code_version(tmp_path) == f"{gc.__version__}+{commit}"
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert runs.code_version(tmp_path) == f"{gc.__version__}+{commit}"
+    (tmp_path / "model.py").write_text("width = 256\n")
+    assert runs.code_version(tmp_path) == f"{gc.__version__}+{commit}-dirty"
