@@ -159,3 +159,20 @@ def test_redrawing_without_a_history_says_how_to_start_one(tmp_path, monkeypatch
     with pytest.raises(SystemExit):
         speed_history.main()
     assert f"folder = {tmp_path} has no speed_history.csv" in capsys.readouterr().err
+
+
+def test_the_precision_comparison_is_per_seed_over_the_seeds_that_reached_99_in_both():
+    import precision_seeds
+
+    steps = pd.DataFrame({"tf32": [4000.0, 6000.0, 5000.0, 9000.0, 7000.0], "bf16": [4500.0, 5800.0, 5000.0, None, 8400.0]})
+    got = precision_seeds.compare(steps, "tf32", "bf16")
+    differences = [500.0, -200.0, 0.0, 1400.0]  # by hand, seed 3 left out
+    mean = sum(differences) / 4
+    sd = (sum((d - mean) ** 2 for d in differences) / 3) ** 0.5
+    assert (got["seeds"], got["later"], got["earlier"], got["same"]) == (4, 2, 1, 1)
+    assert got["mean_difference"] == pytest.approx(mean)
+    assert got["standard_error"] == pytest.approx(sd / 2)
+    assert got["median_ratio"] == pytest.approx((1.0 + 4500 / 4000) / 2)  # of 0.967, 1.0, 1.125, 1.2
+    assert got["missed"] == {"tf32": 0, "bf16": 1}
+    none = precision_seeds.compare(steps.assign(bf16=None), "tf32", "bf16")  # no seed reached 99% in bf16
+    assert none["seeds"] == 0 and none["missed"] == {"tf32": 0, "bf16": 5} and math.isnan(none["median_ratio"])
