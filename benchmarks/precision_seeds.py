@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from speed import nanda_config  # noqa: E402  (beside this file)
 
 import grokcore as gc  # noqa: E402
+from grokcore.runs import atomic_write_text  # noqa: E402
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -76,8 +77,7 @@ def main() -> None:
         columns.append(first)
     steps = pd.concat(columns, axis=1)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        steps.to_csv(args.out / "precision_seeds.csv")
+        atomic_write_text(args.out / "precision_seeds.csv", steps.to_csv())
     c = compare(steps, *precisions)
     print(f"{precisions[1]} against {precisions[0]}, over the {c['seeds']} seeds that reached 99% in both: "
           f"later for {c['later']}, earlier for {c['earlier']}, at the same evaluation for {c['same']}; "

@@ -40,8 +40,7 @@ def record(table: pd.DataFrame, folder: Path, recorded: str | None = None) -> pd
     """What ``speed.py --out folder`` does with its run's table: write it as speed.csv, add it
     to the history (stamped now, unless ``recorded``) and redraw the figure; returns the history."""
     recorded = recorded or time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / TABLE, table.to_csv(index=False))
+    atomic_write_text(folder / TABLE, table.to_csv(index=False))  # makes the folder if missing
     history = append(table, folder / HISTORY, recorded)
     plot(history, folder / FIGURE)
     return history
