@@ -15,6 +15,7 @@ kernels add in an order that changes from run to run), so the comparison is per 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -33,16 +34,28 @@ from grokcore.runs import atomic_write_text  # noqa: E402
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
+def sign_test(later: int, earlier: int) -> float:
+    """Two-sided exact sign test: how often a fair coin per seed would split the seeds that
+    differ at least as unevenly as ``later`` against ``earlier`` (ties left out)."""
+    n = later + earlier
+    if n == 0:
+        return float("nan")
+    tail = sum(math.comb(n, k) for k in range(min(later, earlier) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
 def compare(steps: pd.DataFrame, first: str, second: str) -> dict:
     """Per seed, ``second``'s steps to 99% against ``first``'s, over the seeds that reached it in both."""
     both = steps[[first, second]].dropna()
     difference = both[second] - both[first]
     nan = float("nan")
+    later, earlier = int((difference > 0).sum()), int((difference < 0).sum())
     return {
         "seeds": len(both),
-        "later": int((difference > 0).sum()),
-        "earlier": int((difference < 0).sum()),
+        "later": later,
+        "earlier": earlier,
         "same": int((difference == 0).sum()),
+        "sign_test_p": sign_test(later, earlier),
         "mean_difference": difference.mean() if len(both) else nan,
         "standard_error": difference.std() / len(both) ** 0.5 if len(both) > 1 else nan,
         "median_ratio": (both[second] / both[first]).median() if len(both) else nan,
@@ -82,7 +95,8 @@ def main() -> None:
     print(f"{precisions[1]} against {precisions[0]}, over the {c['seeds']} seeds that reached 99% in both: "
           f"later for {c['later']}, earlier for {c['earlier']}, at the same evaluation for {c['same']}; "
           f"{c['mean_difference']:+.0f} steps on average (standard error {c['standard_error']:.0f}), "
-          f"a median ratio of {c['median_ratio']:.3f}; seeds that missed 99%: {c['missed']}")
+          f"a median ratio of {c['median_ratio']:.3f}; sign test p = {c['sign_test_p']:.2g}; "
+          f"seeds that missed 99%: {c['missed']}")
 
 
 if __name__ == "__main__":

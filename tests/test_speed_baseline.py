@@ -174,5 +174,15 @@ def test_the_precision_comparison_is_per_seed_over_the_seeds_that_reached_99_in_
     assert got["standard_error"] == pytest.approx(sd / 2)
     assert got["median_ratio"] == pytest.approx((1.0 + 4500 / 4000) / 2)  # of 0.967, 1.0, 1.125, 1.2
     assert got["missed"] == {"tf32": 0, "bf16": 1}
+    assert got["sign_test_p"] == 1.0  # 2 against 1: P(at most 1 of 3) = 4/8, doubled
     none = precision_seeds.compare(steps.assign(bf16=None), "tf32", "bf16")  # no seed reached 99% in bf16
     assert none["seeds"] == 0 and none["missed"] == {"tf32": 0, "bf16": 5} and math.isnan(none["median_ratio"])
+    assert math.isnan(none["sign_test_p"])
+
+
+def test_the_sign_test_by_hand():
+    import precision_seeds
+
+    assert precision_seeds.sign_test(5, 0) == pytest.approx(2 / 32)  # all five later: 2 x (1/2)^5
+    assert precision_seeds.sign_test(1, 5) == pytest.approx(2 * (1 + 6) / 64)  # 0 or 1 of 6, either side
+    assert precision_seeds.sign_test(3, 3) == 1.0
