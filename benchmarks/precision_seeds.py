@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=64, help="seeds trained in each precision (default 64)")
     parser.add_argument("--precisions", default="tf32,bf16", help="two of fp32, tf32, bf16, comma-separated")
     parser.add_argument("--steps", type=int, default=20_000, help="the most steps a seed gets (default 20000)")
-    parser.add_argument("--out", type=Path, help="folder for the per-seed table (precision_seeds.csv)")
+    parser.add_argument("--out", type=Path, help="folder for the per-seed table (precision_seeds_<first>_<second>.csv)")
     args = parser.parse_args()
     precisions = args.precisions.split(",")
     if len(precisions) != 2 or not set(precisions) <= set(PRECISIONS) or precisions[0] == precisions[1]:
@@ -90,7 +90,7 @@ def main() -> None:
         columns.append(first)
     steps = pd.concat(columns, axis=1)
     if args.out:
-        atomic_write_text(args.out / "precision_seeds.csv", steps.to_csv())
+        atomic_write_text(args.out / f"precision_seeds_{precisions[0]}_{precisions[1]}.csv", steps.to_csv())
     c = compare(steps, *precisions)
     print(f"{precisions[1]} against {precisions[0]}, over the {c['seeds']} seeds that reached 99% in both: "
           f"later for {c['later']}, earlier for {c['earlier']}, at the same evaluation for {c['same']}; "
