@@ -160,9 +160,15 @@ def plot(history: pd.DataFrame, path: Path) -> None:
         ax.legend(fontsize=6.5, loc="upper left", frameon=False)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        buffer = io.BytesIO()  # without a date, so the file only changes with the history
-        fig.savefig(buffer, format=path.suffix.lstrip("."), metadata=UNDATED[path.suffix])
+        save_undated(fig, path)
         plt.close(fig)
+
+
+def save_undated(fig, path: Path) -> None:
+    """Write ``fig`` atomically without a date, so that the file changes only with its data
+    (draw it under ``svg.hashsalt``, as :func:`plot` does, for stable SVG ids)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip("."), metadata=UNDATED[path.suffix])
     atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -188,6 +188,25 @@ def test_the_sign_test_by_hand():
     assert precision_seeds.sign_test(3, 3) == 1.0
 
 
+def test_the_precision_figure_has_a_panel_per_table_and_no_date(tmp_path):
+    import precision_seeds
+
+    with pytest.raises(ValueError, match=f"folder = {tmp_path} has no precision_seeds_<first>_<second>.csv"):
+        precision_seeds.plot(tmp_path)
+    pd.DataFrame({"tf32": [4000.0, 6000.0, 5000.0], "bf16": [4500.0, None, 5200.0]}, index=pd.Index([0, 1, 2], name="member")).to_csv(
+        tmp_path / "precision_seeds_tf32_bf16.csv")
+    pd.DataFrame({"fp32": [4000.0, 6000.0], "tf32": [3900.0, 6100.0]}, index=pd.Index([0, 1], name="member")).to_csv(
+        tmp_path / "precision_seeds_fp32_tf32.csv")
+    assert [(a, b, len(t)) for a, b, t in precision_seeds.tables(tmp_path)] == [("fp32", "tf32", 2), ("tf32", "bf16", 3)]
+    svg = precision_seeds.plot(tmp_path).read_text()
+    assert svg.count("steps to 99%, TF32") == 2  # an axis of each panel
+    assert "later for 2," in svg and "missed 99% in bf16 (1; at the edge)" in svg
+    assert "<dc:date>" not in svg
+    first = (tmp_path / precision_seeds.FIGURE).read_bytes()
+    precision_seeds.plot(tmp_path)
+    assert (tmp_path / precision_seeds.FIGURE).read_bytes() == first  # the file changes only with the tables
+
+
 def test_the_appendix_states_what_its_per_seed_tables_hold():
     """The seed studies' numbers in the speed log come from the tables committed beside it."""
     import precision_seeds
