@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -31,14 +32,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from speed import nanda_config  # noqa: E402  (beside this file)
-from speed_history import UNDATED, save_undated  # noqa: E402
+from speed_history import check_figure_path, figure_style, save_undated  # noqa: E402
 
 import grokcore as gc  # noqa: E402
 from grokcore.runs import atomic_write_text  # noqa: E402
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+NAMES = {"fp32": "exact float32", "tf32": "TF32", "bf16": "bf16"}  # grokcore.train's precisions, as the figure names them
+PRECISIONS = tuple(NAMES)
 FIGURE = "precision_seeds.svg"
-NAMES = {"fp32": "exact float32", "tf32": "TF32", "bf16": "bf16"}
+TABLE = re.compile(rf"precision_seeds_({'|'.join(PRECISIONS)})_({'|'.join(PRECISIONS)})\.csv")
 
 
 def sign_test(later: int, earlier: int) -> float:
@@ -70,52 +72,70 @@ def compare(steps: pd.DataFrame, first: str, second: str) -> dict:
     }
 
 
+def table_name(first: str, second: str) -> str:
+    return f"precision_seeds_{first}_{second}.csv"
+
+
 def tables(folder: Path) -> list[tuple[str, str, pd.DataFrame]]:
-    """Every per-seed table in ``folder``: (first precision, second, steps), in name order."""
+    """Every per-seed table in ``folder``: (first precision, second, steps), in name order.
+    A file that looks like one but is not (another name, other columns, no seed that reached
+    99%) is refused, naming it."""
     found = []
-    for path in sorted(folder.glob("precision_seeds_*_*.csv")):
-        first, second = path.stem.removeprefix("precision_seeds_").split("_")
-        found.append((first, second, pd.read_csv(path, index_col="member")))
+    for path in sorted(folder.glob("precision_seeds_*.csv")):
+        name = TABLE.fullmatch(path.name)
+        if name is None or name[1] == name[2]:
+            raise ValueError(f"folder = {folder} holds {path.name}, which is not a table of this script: "
+                             f"precision_seeds_<first>_<second>.csv with two of {', '.join(PRECISIONS)}")
+        first, second = name.groups()
+        steps = pd.read_csv(path)
+        if sorted(steps.columns) != sorted(["member", first, second]):
+            raise ValueError(f"{path} has columns {list(steps.columns)}, not member, {first}, {second}")
+        if steps[[first, second]].isna().all().all():
+            raise ValueError(f"{path} has no seed that reached 99% in either precision: nothing to draw")
+        found.append((first, second, steps.set_index("member")))
     return found
 
 
 def plot(folder: Path, path: Path | None = None) -> Path:
-    """One panel per table in ``folder``: each seed's steps to 99% in one precision against the
-    other, the diagonal (no change) and the comparison's counts. Seeds that missed 99% in one
-    precision are drawn at that axis's edge. Written to ``path`` (default ``folder/FIGURE``)."""
+    """One panel per table in ``folder``, in name order: each seed's steps to 99% in the second
+    precision against the first, the diagonal (no change) and the comparison's counts. A seed
+    that never reached 99% in one precision is drawn on that axis's edge (at no step), one that
+    reached it in neither in the top right corner. Written to ``path`` (default ``folder/FIGURE``)."""
     path = path or folder / FIGURE
-    if path.suffix not in UNDATED:
-        raise ValueError(f"path = {path} is not allowed: the figure's file must end in {', '.join(UNDATED)}")
+    check_figure_path(path)
     found = tables(folder)
     if not found:
         raise ValueError(f"folder = {folder} has no precision_seeds_<first>_<second>.csv: run this script with --out {folder}")
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with plt.rc_context({"svg.hashsalt": "grokbook", "font.size": 9}):
+    with figure_style():
         fig, axes = plt.subplots(1, len(found), figsize=(3.6 * len(found), 3.8), squeeze=False)
         for ax, (first, second, steps) in zip(axes[0], found):
             c = compare(steps, first, second)
-            top = 1.06 * steps.max().max()
-            both = steps.dropna()
+            x, y = steps[first], steps[second]
+            top = 1.06 * max(x.max(skipna=True) if x.notna().any() else 0, y.max(skipna=True) if y.notna().any() else 0)
             ax.plot([0, top], [0, top], color="grey", linewidth=1, linestyle="--", label="the same step")
-            ax.scatter(both[first], both[second], s=14, alpha=0.75, label=f"a seed ({len(both)})")
-            for missed, edge, marker in ((second, "y", "^"), (first, "x", ">")):
-                lost = steps[steps[missed].isna() & steps.drop(columns=missed).notna().all(axis=1)]
-                if len(lost):
-                    other = first if missed == second else second
-                    xy = (lost[other], [top] * len(lost)) if edge == "y" else ([top] * len(lost), lost[other])
-                    ax.scatter(*xy, marker=marker, s=30, facecolors="none", edgecolors="C3", clip_on=False,
-                               label=f"missed 99% in {NAMES[missed]} ({len(lost)}; at the edge)")
+            both = x.notna() & y.notna()
+            ax.scatter(x[both], y[both], s=14, alpha=0.75, label=f"a seed ({both.sum()})")
+            never = [  # (which seeds, where drawn, marker, label)
+                (x.notna() & y.isna(), (x, top), "^", f"never 99% in {NAMES[second]}"),
+                (x.isna() & y.notna(), (top, y), ">", f"never 99% in {NAMES[first]}"),
+                (x.isna() & y.isna(), (top, top), "s", "never 99% in either"),
+            ]
+            for seeds, (at_x, at_y), marker, label in never:
+                if seeds.any():
+                    n = int(seeds.sum())
+                    at_x = at_x[seeds] if isinstance(at_x, pd.Series) else [at_x] * n
+                    at_y = at_y[seeds] if isinstance(at_y, pd.Series) else [at_y] * n
+                    ax.scatter(at_x, at_y, marker=marker, s=30, facecolors="none", edgecolors="C3", clip_on=False,
+                               label=f"{label} ({n}): on the edge, at no step")
             ax.set_xlim(0, top)
             ax.set_ylim(0, top)
             ax.set_aspect("equal")
             ax.set_xlabel(f"steps to 99%, {NAMES[first]}")
             ax.set_ylabel(f"steps to 99%, {NAMES[second]}")
             ax.set_title(f"{NAMES[second]} against {NAMES[first]}: later for {c['later']},\n"
-                         f"earlier for {c['earlier']} (sign test p = {c['sign_test_p']:.2g})", fontsize=9)
+                         f"earlier for {c['earlier']}, tied {c['same']} (sign test p = {c['sign_test_p']:.2g})", fontsize=9)
             ax.legend(fontsize=7, loc="upper left", frameon=False)
             ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -127,20 +147,26 @@ def plot(folder: Path, path: Path | None = None) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=64, help="seeds trained in each precision (default 64)")
-    parser.add_argument("--precisions", default="tf32,bf16", help="two of fp32, tf32, bf16, comma-separated")
+    parser.add_argument("--precisions", default="tf32,bf16",
+                        help="two of fp32, tf32, bf16, comma-separated; trained and compared in that order (fp32 first)")
     parser.add_argument("--steps", type=int, default=20_000, help="the most steps a seed gets (default 20000)")
-    parser.add_argument("--out", type=Path, help="folder for the per-seed table and the figure (the book's: book/appendix)")
-    parser.add_argument("--redraw", type=Path, metavar="FOLDER", help="train nothing: redraw FOLDER's figure from its tables")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, help="folder for the per-seed table and the figure (the book's: book/appendix)")
+    where.add_argument("--redraw", type=Path, metavar="FOLDER",
+                       help="train nothing (the options above do not apply): redraw FOLDER's figure from its tables")
     args = parser.parse_args()
-    if args.redraw:
-        try:
+    try:
+        if args.redraw:
             print(f"wrote {plot(args.redraw)}")
-        except ValueError as e:
-            parser.error(str(e))
-        return
+            return
+        if args.out and args.out.exists():
+            tables(args.out)  # a folder whose figure could not be drawn is refused before training
+    except ValueError as e:
+        parser.error(str(e))
     precisions = args.precisions.split(",")
     if len(precisions) != 2 or not set(precisions) <= set(PRECISIONS) or precisions[0] == precisions[1]:
         parser.error(f"precisions = {args.precisions!r} is not allowed: two different ones of {', '.join(PRECISIONS)}")
+    precisions.sort(key=PRECISIONS.index)  # one table per pair, whichever order it was asked in
     if args.seeds < 2:
         parser.error(f"seeds = {args.seeds} is not allowed: at least 2 (the comparison is over seeds)")
     if not torch.cuda.is_available():
@@ -157,15 +183,15 @@ def main() -> None:
               f"median step {first.median():.0f}, mean {first.mean():.0f}", flush=True)
         columns.append(first)
     steps = pd.concat(columns, axis=1)
-    if args.out:
-        atomic_write_text(args.out / f"precision_seeds_{precisions[0]}_{precisions[1]}.csv", steps.to_csv())
-        print(f"wrote the table and redrew {plot(args.out)}")
     c = compare(steps, *precisions)
     print(f"{precisions[1]} against {precisions[0]}, over the {c['seeds']} seeds that reached 99% in both: "
           f"later for {c['later']}, earlier for {c['earlier']}, at the same evaluation for {c['same']}; "
           f"{c['mean_difference']:+.0f} steps on average (standard error {c['standard_error']:.0f}), "
           f"a median ratio of {c['median_ratio']:.3f}; sign test p = {c['sign_test_p']:.2g}; "
-          f"seeds that missed 99%: {c['missed']}")
+          f"seeds that missed 99%: {c['missed']}", flush=True)
+    if args.out:
+        atomic_write_text(args.out / table_name(*precisions), steps.to_csv())
+        print(f"wrote {args.out / table_name(*precisions)} and redrew {plot(args.out)}")
 
 
 if __name__ == "__main__":

@@ -116,11 +116,7 @@ def plot(history: pd.DataFrame, path: Path) -> None:
     suffix of ``path`` (.svg, .png, .pdf). A dotted line per precision through the origin: the
     speed-up of a run that takes the latest warm row's time per step for as many steps as the
     plain loop (a ratio of times per step, so proportional to the host's plain step)."""
-    if path.suffix not in UNDATED:
-        raise ValueError(f"path = {path} is not allowed: the figure's file must end in {', '.join(UNDATED)}")
-    import matplotlib
-
-    matplotlib.use("Agg")
+    check_figure_path(path)
     import matplotlib.pyplot as plt
 
     data = points(history)
@@ -132,7 +128,7 @@ def plot(history: pd.DataFrame, path: Path) -> None:
         ("the paper code's", "bf16", "C2", "the paper code's network, bf16 factors"),
         ("grokcore's", "bf16", "C3", "grokcore's network on both sides, bf16 factors"),
     ]
-    with plt.rc_context({"svg.hashsalt": "grokbook", "font.size": 9}):
+    with figure_style():
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for network, precision, color, label in series:
             for (device, gpu), marker in zip(gpus.items(), "os^Dv<>p*h"):
@@ -164,9 +160,30 @@ def plot(history: pd.DataFrame, path: Path) -> None:
         plt.close(fig)
 
 
+def check_figure_path(path: Path) -> None:
+    """Refuse a figure file in a format :func:`save_undated` cannot write without a date."""
+    if path.suffix not in UNDATED:
+        raise ValueError(f"path = {path} is not allowed: the figure's file must end in {', '.join(UNDATED)}")
+
+
+def figure_style():
+    """A context for drawing a benchmark figure: grokcore's style, set here rather than left to
+    an import's side effect, fixed SVG ids (``svg.hashsalt``) and a smaller font."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from grokcore.plots import style
+
+    style()
+    return plt.rc_context({"svg.hashsalt": "grokbook", "font.size": 9})
+
+
 def save_undated(fig, path: Path) -> None:
     """Write ``fig`` atomically without a date, so that the file changes only with its data
-    (draw it under ``svg.hashsalt``, as :func:`plot` does, for stable SVG ids)."""
+    (draw it inside :func:`figure_style` for stable SVG ids)."""
+    check_figure_path(path)
     buffer = io.BytesIO()
     fig.savefig(buffer, format=path.suffix.lstrip("."), metadata=UNDATED[path.suffix])
     atomic_write_bytes(path, buffer.getvalue())

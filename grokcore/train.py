@@ -747,9 +747,9 @@ def train(
     :func:`compile_metrics_pays_off`), ``cuda_graphs`` replays each step as one CUDA
     graph, and ``precision`` says how matrix products are computed (:data:`PRECISIONS`):
     "tf32" by default (about 1e-3 relative error per product; over 64 seeds of Nanda et al.'s
-    setting it reached 99% no detectably earlier or later than exact float32, 28 seeds later
-    and 33 earlier: ``benchmarks/precision_seeds.py --precisions fp32,tf32``), "fp32"
-    exactly (a 64-member step there took twice TF32's), "bf16" faster a step (Nanda et al.'s
+    setting it reached 99% neither detectably earlier nor later than exact float32, 28 seeds
+    later and 33 earlier: ``benchmarks/precision_seeds.py --precisions fp32,tf32``), "fp32"
+    exactly (one model's compiled step there took 1.6 times TF32's), "bf16" faster a step (Nanda et al.'s
     compiled step took 161-166 µs on H100s, against TF32's 226-231) but later to grok (a median
     14% more steps to 99% over 64 seeds) and with 8 significant bits, which can matter where tiny
     losses do (the slingshots of Thilak et al.).

@@ -2,6 +2,7 @@
 host its table names; and the history of its tables, with the figure drawn from it."""
 
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -188,23 +189,62 @@ def test_the_sign_test_by_hand():
     assert precision_seeds.sign_test(3, 3) == 1.0
 
 
+def a_table(folder, first, second, rows):
+    frame = pd.DataFrame(rows, columns=[first, second]).rename_axis("member")
+    frame.to_csv(folder / f"precision_seeds_{first}_{second}.csv")
+
+
 def test_the_precision_figure_has_a_panel_per_table_and_no_date(tmp_path):
     import precision_seeds
 
-    with pytest.raises(ValueError, match=f"folder = {tmp_path} has no precision_seeds_<first>_<second>.csv"):
+    with pytest.raises(ValueError, match=re.escape(f"folder = {tmp_path} has no precision_seeds_<first>_<second>.csv")):
         precision_seeds.plot(tmp_path)
-    pd.DataFrame({"tf32": [4000.0, 6000.0, 5000.0], "bf16": [4500.0, None, 5200.0]}, index=pd.Index([0, 1, 2], name="member")).to_csv(
-        tmp_path / "precision_seeds_tf32_bf16.csv")
-    pd.DataFrame({"fp32": [4000.0, 6000.0], "tf32": [3900.0, 6100.0]}, index=pd.Index([0, 1], name="member")).to_csv(
-        tmp_path / "precision_seeds_fp32_tf32.csv")
-    assert [(a, b, len(t)) for a, b, t in precision_seeds.tables(tmp_path)] == [("fp32", "tf32", 2), ("tf32", "bf16", 3)]
+    a_table(tmp_path, "tf32", "bf16", [(4000, 4500), (6000, None), (5000, 5200), (None, 5100), (None, None)])
+    a_table(tmp_path, "fp32", "tf32", [(4000, 3900), (6000, 6100)])
+    assert [(a, b, len(t)) for a, b, t in precision_seeds.tables(tmp_path)] == [("fp32", "tf32", 2), ("tf32", "bf16", 5)]
     svg = precision_seeds.plot(tmp_path).read_text()
     assert svg.count("steps to 99%, TF32") == 2  # an axis of each panel
-    assert "later for 2," in svg and "missed 99% in bf16 (1; at the edge)" in svg
+    assert "later for 2," in svg and "a seed (2)" in svg
+    for missed in ("never 99% in bf16 (1)", "never 99% in TF32 (1)", "never 99% in either (1)"):
+        assert missed in svg
     assert "<dc:date>" not in svg
     first = (tmp_path / precision_seeds.FIGURE).read_bytes()
     precision_seeds.plot(tmp_path)
     assert (tmp_path / precision_seeds.FIGURE).read_bytes() == first  # the file changes only with the tables
+    a_table(tmp_path, "fp32", "tf32", [(4000, 3900), (6000, 6500)])
+    precision_seeds.plot(tmp_path)
+    assert (tmp_path / precision_seeds.FIGURE).read_bytes() != first
+    with pytest.raises(ValueError, match="path = .*figure.txt is not allowed: the figure's file must end in .svg"):
+        precision_seeds.plot(tmp_path, tmp_path / "figure.txt")
+
+
+@pytest.mark.parametrize("name, text, refusal", [
+    ("precision_seeds_fp32_tf32_old.csv", "member,fp32,tf32\n0,1,2\n", "holds precision_seeds_fp32_tf32_old.csv, which is not a table"),
+    ("precision_seeds_fp16_tf32.csv", "member,fp16,tf32\n0,1,2\n", "holds precision_seeds_fp16_tf32.csv, which is not a table"),
+    ("precision_seeds_tf32_tf32.csv", "member,tf32\n0,1\n", "holds precision_seeds_tf32_tf32.csv, which is not a table"),
+    ("precision_seeds_fp32_tf32.csv", "member,fp32,bf16\n0,1,2\n", "has columns ['member', 'fp32', 'bf16'], not member, fp32, tf32"),
+    ("precision_seeds_fp32_tf32.csv", "member,fp32,tf32\n0,,\n", "has no seed that reached 99% in either precision"),
+])
+def test_a_folder_with_a_file_that_is_not_a_table_is_refused_naming_it(tmp_path, name, text, refusal):
+    import precision_seeds
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=re.escape(refusal)):
+        precision_seeds.tables(tmp_path)
+
+
+def test_redraw_and_out_are_one_or_the_other(tmp_path, monkeypatch, capsys):
+    import precision_seeds
+
+    monkeypatch.setattr(sys, "argv", ["precision_seeds.py", "--redraw", str(tmp_path), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        precision_seeds.main()
+    assert "not allowed with argument" in capsys.readouterr().err
+    (tmp_path / "precision_seeds_x_y.csv").write_text("member,x,y\n")
+    monkeypatch.setattr(sys, "argv", ["precision_seeds.py", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):  # refused before any training
+        precision_seeds.main()
+    assert "holds precision_seeds_x_y.csv, which is not a table" in capsys.readouterr().err
 
 
 def test_the_appendix_states_what_its_per_seed_tables_hold():
@@ -221,7 +261,9 @@ def test_the_appendix_states_what_its_per_seed_tables_hold():
     assert (bf16["tf32"].median(), bf16["bf16"].median()) == (6800, 7700)
     assert (round(got["mean_difference"]), round(got["standard_error"]), round(got["median_ratio"], 3)) == (1020, 124, 1.142)
     assert f"{got['sign_test_p']:.0e}" == "4e-10"
-    for stated in ("later for 54 of the 63 seeds", "1,020 steps more on average (standard error 124)", "$4 \\times 10^{-10}$"):
+    assert (round(bf16["bf16"].mean()), round(bf16["tf32"].mean())) == (8056, 7156)
+    for stated in ("later for 54 of the 63 seeds", "1,020 steps more on average (standard error 124)", "$4 \\times 10^{-10}$",
+                   "a median of 7,700 steps against 6,800 in TF32 (means 8,056", "a median of 14% more"):
         assert stated in log
 
     fp32 = pd.read_csv(appendix / "precision_seeds_fp32_tf32.csv", index_col="member")
@@ -233,7 +275,13 @@ def test_the_appendix_states_what_its_per_seed_tables_hold():
     assert round(got["sign_test_p"], 2) == 0.61
     assert round((fp32["tf32"] - fp32["fp32"]).std()) == 733
     assert round((fp32["tf32"] - bf16["tf32"]).std()) == 392  # the same seeds' TF32 runs on two loans
+    assert (round(fp32["fp32"].mean()), round(fp32["tf32"].mean())) == (7305, 7147)
+    assert round((fp32["tf32"] - bf16["tf32"]).mean()) == -9
+    low, high = got["mean_difference"] - 1.96 * got["standard_error"], got["mean_difference"] + 1.96 * got["standard_error"]
+    assert (round(low, -1), round(high, -1)) == (-340, 20)
+    assert -low / fp32["tf32"].median() < 0.05 and high / fp32["tf32"].median() < 0.0035  # "about 0.3%"
     for stated in ("later for 28 seeds, earlier for 33 and at the same evaluation for 3", "p = 0.61",
-                   "159 steps fewer on average (standard error 92", "standard deviation of 733 steps",
-                   "one of 392 steps"):
+                   "159 steps fewer on average (standard error 92), a median ratio of 0.994",
+                   "a median of 6,950 steps in float32 and 6,850 in TF32 (means 7,305 and 7,147)",
+                   "340 steps fewer to 20 more", "standard deviation of 733 steps", "one of 392 steps (and a mean of -9)"):
         assert stated in log
