@@ -749,10 +749,10 @@ def train(
     "tf32" by default (about 1e-3 relative error per product; over 64 seeds of Nanda et al.'s
     setting it reached 99% neither detectably earlier nor later than exact float32, 28 seeds
     later and 33 earlier: ``benchmarks/precision_seeds.py --precisions fp32,tf32``), "fp32"
-    exactly (one model's compiled step there took 1.6 times TF32's), "bf16" faster a step (Nanda et al.'s
-    compiled step took 161-166 µs on H100s, against TF32's 226-231) but later to grok (a median
-    14% more steps to 99% over 64 seeds) and with 8 significant bits, which can matter where tiny
-    losses do (the slingshots of Thilak et al.).
+    exactly (one model's compiled step there took 1.6 times TF32's), "bf16" faster a step
+    (Nanda et al.'s compiled step took 161-166 µs on H100s, against TF32's 226-231) but later to
+    grok (a median 14% more steps to 99% over 64 seeds) and with 8 significant bits, which can
+    matter where tiny losses do (the slingshots of Thilak et al.).
     None of them is part of the config's hash; config.json records the precision a run started
     with, and a run started in bf16 is not resumed in another precision, nor the other way round
     (a finished one is returned with a warning).
