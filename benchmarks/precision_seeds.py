@@ -115,18 +115,15 @@ def plot(folder: Path, path: Path | None = None) -> Path:
             ax.plot([0, top], [0, top], color="grey", linewidth=1, linestyle="--", label="the same step")
             both = x.notna() & y.notna()
             ax.scatter(x[both], y[both], s=14, alpha=0.75, label=f"a seed ({both.sum()})")
-            never = [  # (which seeds, where drawn, marker, label)
-                (x.notna() & y.isna(), (x, top), "^", f"never 99% in {NAMES[second]}"),
-                (x.isna() & y.notna(), (top, y), ">", f"never 99% in {NAMES[first]}"),
-                (x.isna() & y.isna(), (top, top), "s", "never 99% in either"),
-            ]
-            for seeds, (at_x, at_y), marker, label in never:
+            edge_x, edge_y = x.fillna(top), y.fillna(top)  # a step never reached is drawn on the edge
+            for seeds, marker, label in (
+                (x.notna() & y.isna(), "^", f"never 99% in {NAMES[second]}"),
+                (x.isna() & y.notna(), ">", f"never 99% in {NAMES[first]}"),
+                (x.isna() & y.isna(), "s", "never 99% in either"),
+            ):
                 if seeds.any():
-                    n = int(seeds.sum())
-                    at_x = at_x[seeds] if isinstance(at_x, pd.Series) else [at_x] * n
-                    at_y = at_y[seeds] if isinstance(at_y, pd.Series) else [at_y] * n
-                    ax.scatter(at_x, at_y, marker=marker, s=30, facecolors="none", edgecolors="C3", clip_on=False,
-                               label=f"{label} ({n}): on the edge, at no step")
+                    ax.scatter(edge_x[seeds], edge_y[seeds], marker=marker, s=30, facecolors="none", edgecolors="C3",
+                               clip_on=False, label=f"{label} ({int(seeds.sum())}): on the edge, at no step")
             ax.set_xlim(0, top)
             ax.set_ylim(0, top)
             ax.set_aspect("equal")
