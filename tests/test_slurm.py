@@ -268,8 +268,9 @@ def start_task(project, tmp_path, restarts: int) -> subprocess.Popen:
     # the array's last task to start) would requeue every task, so the script names <array>_<task>.
     env = {**os.environ, "SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "1", "SLURM_JOB_ID": "4243",
            "SLURM_RESTART_COUNT": str(restarts)}
-    shell = subprocess.Popen(["bash", "_build/slurm/paper.sbatch"], env=env, stdout=open(tmp_path / "log" / "task.out", "w"),
-                             start_new_session=True)  # its own group, so the test can end all of it
+    with open(log / "task.out", "w") as out:  # the child keeps its own copy of the descriptor
+        shell = subprocess.Popen(["bash", "_build/slurm/paper.sbatch"], env=env, stdout=out,
+                                 start_new_session=True)  # its own group, so the test can end all of it
     wait_for(log / "started", 20, "the script never started python")
     return shell
 
