@@ -348,6 +348,14 @@ def test_phases_are_located_from_the_measures():
     # A run that never generalises has no circuit-formation or clean-up boundary.
     stuck = fourier.phases(history.assign(val_loss=4.0), measures)
     assert stuck["memorisation_end"] == 300 and math.isnan(stuck["circuit_formation_end"]) and math.isnan(stuck["cleanup_end"])
+    # A missing validation loss where memorisation ends, or a missing measure, is left out of
+    # its curve (the plateau read off the rows beside it), not spread as NaN into the phases.
+    gap = history.assign(val_loss=history["val_loss"].where(history["step"] != 300))
+    assert fourier.phases(gap, measures) == fourier.phases(history, measures)
+    missing = pd.concat([measures, pd.DataFrame({"step": [350], "excluded_loss": [float("nan")], "gini_embedding": [0.1]})])
+    assert fourier.phases(history, missing) == fourier.phases(history, measures)
+    with pytest.raises(ValueError, match=r"^measures has no row with excluded_loss and gini_embedding"):
+        fourier.phases(history, measures.assign(excluded_loss=float("nan")))
 
 
 def test_measures_refuse_what_they_do_not_measure():

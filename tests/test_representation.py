@@ -258,6 +258,20 @@ def test_phase_warns_where_a_members_evaluations_lie_as_far_apart_as_the_lag():
     assert [len(p) for p in possible] == [1, 2, 2]
 
 
+def test_a_row_without_the_accuracy_is_no_evaluation_of_it():
+    """A row that logged training accuracy alone (validation accuracy missing) says nothing of
+    when validation crossed: here validation was evaluated at 0 and 1,150 only, so its crossing
+    could lie anywhere from 1 to 1,150, a delay on either side of the lag."""
+    rows = [dict(member=0, step=s, train_acc=float(s >= 100), val_acc=v)
+            for s, v in [(0, 0.0), (100, 0.0), (1100, float("nan")), (1150, 1.0)]]
+    with pytest.warns(UserWarning, match="not resolved"):
+        phases = classify_phases(pd.DataFrame(rows), threshold=0.9, lag=1000)
+    assert phases[["train_step", "val_step", "phase"]].values.tolist() == [[100, 1150, "grokking"]]
+    possible = {"grokking" if v - t > 1000 else "comprehension"
+                for t in could_be(100, [0, 100, 1100, 1150]) for v in could_be(1150, [0, 100, 1150])}
+    assert possible == {"grokking", "comprehension"} and not phases["resolved"].item()
+
+
 def test_phase_agreement_counts_pairs_that_share_a_phase_by_brute_force():
     """Against every pair of members, one by one; with groups split 2-2, where a majority would
     have to break a tie."""

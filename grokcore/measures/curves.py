@@ -46,7 +46,8 @@ def one_member(history: pd.DataFrame) -> None:
 def grokking_delays(history: pd.DataFrame, threshold: float = 0.99) -> pd.DataFrame:
     """One row per member: the steps where train and validation accuracy reach ``threshold``.
 
-    ``delay`` is val_step / train_step (how many times later validation gets there);
+    ``delay`` is val_step / train_step (how many times later validation gets there; a
+    train_step of 0, a training set fitted before the first step, counts as 1);
     ``budget`` is the last step the member was trained for, so a NaN val_step means
     "not reached within ``budget`` steps".
     """

@@ -214,7 +214,10 @@ def restricted_and_excluded_loss(
 ) -> tuple[float, float]:
     """Nanda et al.'s restricted loss (all pairs) and excluded loss (training pairs).
 
-    ``logits`` (p*p, p) over all pairs a-major; targets are (a + b) mod p.
+    ``logits`` (p*p, p) over all pairs a-major; targets are (a + b) mod p. These are the p
+    residues' logits alone (:func:`pair_logits` drops the "=" token's, as the authors'
+    analysis does), so with no key frequencies the excluded loss is the training loss over p
+    classes, a little below the trainer's ``train_loss``, which counts every output.
     """
     a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).unbind(1)
     target = (a + b) % p
@@ -297,11 +300,16 @@ def phases(history: pd.DataFrame, measures: pd.DataFrame, drop: float = 0.5, fra
       rising, and clean-up is not seen to end within the run.
 
     Steps that cannot be located (a run that did not grok, or clean-up not seen to end within
-    the run) are NaN. ``history`` and ``measures`` are one member's.
+    the run) are NaN. ``history`` and ``measures`` are one member's; rows missing a value they
+    need (a NaN loss, say) are left out of that value's curve.
     """
     one_member(history)
-    h = history.sort_values("step")
-    m = measures.sort_values("step", ignore_index=True)  # labels from a concat may repeat
+    h = history.dropna(subset=["val_loss"]).sort_values("step")
+    # Labels from a concat may repeat: numbered afresh.
+    m = measures.dropna(subset=["excluded_loss", "gini_embedding"]).sort_values("step", ignore_index=True)
+    for name, rows, column in (("history", h, "val_loss"), ("measures", m, "excluded_loss and gini_embedding")):
+        if rows.empty:
+            raise ValueError(f"{name} has no row with {column}: the phases need at least one")
     memorised = float(m.loc[m["excluded_loss"].idxmin(), "step"])
     plateau = np.interp(memorised, h["step"], h["val_loss"])
     after = h[(h["step"] > memorised) & (h["val_loss"] < drop * plateau)]

@@ -69,7 +69,7 @@ def classify_phases(history: pd.DataFrame, threshold: float = 0.9, lag: float = 
     phase[both & (delay <= lag)] = "comprehension"
     phase[both & (delay > lag)] = "grokking"
 
-    train_slack, val_slack = _slack(history, train), _slack(history, val)
+    train_slack, val_slack = _slack(history, "train_acc", train), _slack(history, "val_acc", val)
     resolved = ~both | ((delay - val_slack > lag) == (delay + train_slack > lag))
     gaps = np.maximum(train_slack, val_slack) + 1
     coarse = ~resolved & (gaps >= lag)
@@ -110,10 +110,12 @@ def phase_agreement(phases: pd.DataFrame, by: list[str]) -> float:
     return pairs(phases.groupby([*by, "phase"]).size()) / total
 
 
-def _slack(history: pd.DataFrame, first: pd.Series) -> pd.Series:
-    """Per member, how many steps before its ``first`` step the crossing could have been: those
-    after the member's own evaluation before it. At a member's first evaluation, none, as if
-    training started there (not so in a history cut at the front)."""
+def _slack(history: pd.DataFrame, column: str, first: pd.Series) -> pd.Series:
+    """Per member, how many steps before its ``first`` step the crossing of ``column`` could
+    have been: those after the member's own evaluation of it before (a row where ``column`` is
+    missing did not evaluate it). At a member's first evaluation, none, as if training started
+    there (not so in a history cut at the front)."""
     reached = history["member"].map(first)
-    before = history.loc[history["step"] < reached].groupby("member")["step"].max()
+    evaluated = history[column].notna() & (history["step"] < reached)
+    before = history.loc[evaluated].groupby("member")["step"].max()
     return first - before.reindex(first.index).fillna(first - 1) - 1
