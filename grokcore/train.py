@@ -89,24 +89,32 @@ def check_precision(precision) -> None:
         raise ConfigError(f"precision = {precision!r} is not allowed: must be one of {choices}")
 
 
-def _check_same_precision(path: Path, precision: str, finished: bool) -> None:
+def _check_same_precision(path: Path, precision: str, device: torch.device, finished: bool) -> None:
     """A run started in bf16 is not continued, or returned, as if another precision had been
     asked for, nor the other way round: bf16 changes what a run measures, and the precision is
     not part of the config's hash. TF32 against float32, or a GPU run resumed on the CPU, change
-    only rounding and pass. ``precision``: the one this call would train with."""
+    only rounding and pass. ``precision``: the one asked for; ``device``: where it would train."""
     try:
         recorded = json.loads((path / "config.json").read_text()).get("precision")
     except (OSError, ValueError):
         return  # no record (a run from before precision was recorded, or none yet)
-    if recorded is None or (recorded == "bf16") == (precision == "bf16"):
+    if recorded is None:
         return
-    if finished:
-        warnings.warn(
-            f"{path.name} was trained with precision = {recorded!r}, not {precision!r} (the precision is not part of "
-            "the config's hash): returning it as it is; to compare, train it again in another root",
-            stacklevel=3,
+    if finished:  # returned as it is: what matters is what the caller asked for
+        if (recorded == "bf16") != (precision == "bf16"):
+            warnings.warn(
+                f"{path.name} was trained with precision = {recorded!r}, not {precision!r} (the precision is not part "
+                "of the config's hash): returning it as it is; to compare, train it again in another root",
+                stacklevel=3,
+            )
+        return
+    if (recorded == "bf16") == (device_precision(precision, device) == "bf16"):
+        return
+    if precision == recorded:  # asked for rightly, on a device that cannot give it
+        raise ConfigError(
+            f"{path.name} started with precision = 'bf16', which the CPU cannot continue (it multiplies in "
+            "float32): resume it on a GPU, or train it in another root"
         )
-        return
     raise ConfigError(
         f"precision = {precision!r} is not allowed for resuming {path.name}, which started with {recorded!r}: "
         f"pass precision={recorded!r}, or train it in another root"
@@ -764,13 +772,18 @@ def train(
         raise ConfigError(f"until = {until!r} is not allowed: must be a whole number of steps >= 0, or None")
     if isinstance(save_every_s, bool) or not isinstance(save_every_s, numbers.Real) or not save_every_s >= 0:
         raise ConfigError(f"save_every_s = {save_every_s!r} is not allowed: must be a number of seconds >= 0 (inf: never)")
+    if not isinstance(config, RunConfig):
+        raise ConfigError(f"config = {type(config).__name__} is not allowed: must be a grokcore.RunConfig")
+    for name, value in (("progress", progress), ("torch_compile", torch_compile), ("cuda_graphs", cuda_graphs)):
+        if not (isinstance(value, bool) or (value is None and name != "cuda_graphs")):
+            allowed = "True or False" + ("" if name == "cuda_graphs" else ", or None (decided for you)")
+            raise ConfigError(f"{name} = {value!r} is not allowed: must be {allowed}")
     check_precision(precision)
     mode = _progress_mode(progress)
     dev = resolve_device(device)
     path = run_path(config, root)
-    effective = device_precision(precision, dev)
     if (path / "DONE").exists():
-        _check_same_precision(path, effective, finished=True)
+        _check_same_precision(path, precision, dev, finished=True)
         return Run(path)
     previous_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"  # bf16 too: its evaluations' products
@@ -778,7 +791,7 @@ def train(
         with exclusive(path):
             if not (path / "DONE").exists():  # another process may have finished it since our first look
                 if (path / "state.pt").exists():
-                    _check_same_precision(path, effective, finished=False)
+                    _check_same_precision(path, precision, dev, finished=False)
                 trainer = Trainer(config, dev, cuda_graphs=cuda_graphs, torch_compile=torch_compile, precision=precision)
                 _fit(trainer, path, until=until, progress=mode, save_every_s=save_every_s)
     finally:
@@ -808,6 +821,11 @@ def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: str, save
             if later > int(trainer.step_count):
                 checkpoint_file(path, later).unlink()
     else:
+        # A fresh start where an attempt was lost before its first save: that attempt's
+        # checkpoints and history go (members that stop sooner this time would leave a later
+        # checkpoint behind, to be taken for the run's last).
+        for stale in [*(path / "checkpoints").glob("step_*.pt"), path / "history.csv"]:
+            stale.unlink(missing_ok=True)
         meta = {
             "config": config.to_dict(),
             "hash": config.hash(),

@@ -8,6 +8,7 @@ import platform
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -542,6 +543,10 @@ def test_a_crash_between_evaluations_loses_at_most_save_every_s(tmp_path, monkey
         ({"precision": "fp16"}, r"^precision = 'fp16' is not allowed: must be one of 'fp32': exact float32; 'tf32': "),
         ({"precision": None}, r"^precision = None is not allowed"),
         ({"precision": ["bf16"]}, r"^precision = \['bf16'\] is not allowed"),
+        ({"progress": "log"}, r"^progress = 'log' is not allowed: must be True or False, or None \(decided for you\)"),
+        ({"torch_compile": "False"}, r"^torch_compile = 'False' is not allowed: must be True or False, or None"),
+        ({"cuda_graphs": None}, r"^cuda_graphs = None is not allowed: must be True or False$"),
+        ({"cuda_graphs": "no"}, r"^cuda_graphs = 'no' is not allowed"),
         ({"device": "gpu"}, r"^device = 'gpu' is not allowed: use 'auto', 'cpu', 'cuda' or 'cuda:N'"),
         ({"device": "meta"}, r"^device = 'meta' is not allowed: use 'auto', 'cpu', 'cuda' or 'cuda:N'"),
         pytest.param(
@@ -552,7 +557,13 @@ def test_a_crash_between_evaluations_loses_at_most_save_every_s(tmp_path, monkey
 )
 def test_train_refuses_bad_arguments_before_any_work(tmp_path, arguments, message):
     with pytest.raises(gc.ConfigError, match=message):
-        gc.train(small_config(), root=tmp_path, progress=False, **arguments)
+        gc.train(small_config(), root=tmp_path, **{"progress": False, **arguments})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_refuses_what_is_not_a_run_config(tmp_path):
+    with pytest.raises(gc.ConfigError, match=r"^config = dict is not allowed: must be a grokcore.RunConfig"):
+        gc.train(small_config().to_dict(), root=tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -650,6 +661,19 @@ def test_a_resumed_run_drops_the_checkpoints_of_the_attempt_it_replaces(tmp_path
     assert run.checkpoint_steps == [0, 10, 20, 30, 40]
 
 
+def test_a_fresh_start_drops_what_an_attempt_lost_before_its_first_save_left(tmp_path):
+    """Killed before its first save (no state.pt), an attempt leaves checkpoints and perhaps a
+    history; the run starts afresh, and none of them is left to be taken for its own."""
+    config = small_config(steps=40, eval_points=12, checkpoints=0, checkpoint_every=10)
+    lost = gc.train(config, root=tmp_path, until=15, progress=False)
+    (lost.path / "state.pt").unlink()  # as if it had died before saving
+    stale = lost.path / "checkpoints" / "step_0000037.pt"  # as if its members had stopped at 37
+    torch.save({"flat": torch.zeros(1), "step": 37}, stale)
+    run = gc.train(config, root=tmp_path, progress=False)
+    assert not stale.exists() and run.checkpoint_steps == [0, 10, 20, 30, 40]
+    assert run.history["step"].max() == 40
+
+
 def test_a_resumed_run_keeps_the_checkpoint_of_its_saved_step(tmp_path):
     """Saved at step 10, where it also checkpointed: the resumed run does not write step 10
     again (it was evaluated before the save), so that checkpoint must survive."""
@@ -704,14 +728,20 @@ def test_a_run_started_in_bf16_is_not_resumed_in_another_precision(tmp_path):
     partial = gc.train(config, root=tmp_path, until=10, progress=False)
     record_precision(partial.path, "bf16")  # as a GPU run in bf16 records it
     state = (partial.path / "state.pt").read_bytes()
-    with pytest.raises(gc.ConfigError, match=r"^precision = 'fp32' is not allowed for resuming test-.*, which started with 'bf16'"):
+    with pytest.raises(gc.ConfigError, match=r"^precision = 'tf32' is not allowed for resuming test-.*, which started with 'bf16'"):
         gc.train(config, root=tmp_path, progress=False)
+    # bf16 asked for rightly, but the CPU multiplies in float32: said so, not "pass bf16".
+    with pytest.raises(gc.ConfigError, match=r"^test-.* started with precision = 'bf16', which the CPU cannot continue"):
+        gc.train(config, root=tmp_path, progress=False, precision="bf16")
     assert (partial.path / "state.pt").read_bytes() == state
     record_precision(partial.path, "tf32")  # TF32 and float32 differ only in rounding: resumed
     run = gc.train(config, root=tmp_path, progress=False)
     record_precision(run.path, "bf16")
-    with pytest.warns(UserWarning, match=r"was trained with precision = 'bf16', not 'fp32'"):
+    with pytest.warns(UserWarning, match=r"was trained with precision = 'bf16', not 'tf32'"):
         assert gc.train(config, root=tmp_path, progress=False).done
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # returned as asked for: nothing to warn of
+        assert gc.train(config, root=tmp_path, progress=False, precision="bf16").done
 
 
 def test_checkpoints_restore_the_network(tmp_path):
