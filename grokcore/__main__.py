@@ -67,7 +67,8 @@ def _runs_table(frame, markdown: bool) -> str:
     columns = ["run", "status", "members", "step", "train_acc", "val_acc", "reached_99", "wall_s", "created", "code"]
     header = ["run", "status", "members", "last evaluated", "train acc", "val acc", "val >= 0.99", "wall s", "created (UTC)", "code"]
     lines = [[cell(row, c) for c in columns] for row in frame.to_dict("records")]
-    if markdown:
+    if markdown:  # a | in a run's name or an error would start a new cell
+        lines = [[v.replace("|", "\\|") for v in line] for line in lines]
         return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *lines])
     widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header, *lines])

@@ -184,8 +184,10 @@ def _as_declared(value, default):
     where it loops over them. "-p steps 1e5" or "steps: 1.0e+5" reads as 100000.0: an integer
     parameter gets the integer it means. Items are checked alike where the default's items are
     all of one type ("hidden: [32.5]")."""
-    if default is None or value is None:
+    if default is None:
         return value
+    if value is None:  # YAML's null: an empty value, ~ or null
+        raise ValueError(f"must be a {_kind(default)}, not null (YAML reads an empty value, ~ and null as null)")
     if _kind(value) != _kind(default):
         words = isinstance(value, bool) and isinstance(default, str)  # -p positions off
         raise ValueError(f"must be a {_kind(default)}" + (" (YAML reads on, off, yes, no, true and false as booleans: quote the word for YAML, inside the shell's quotes, as in -p positions \"'off'\")" if words else ""))
@@ -419,6 +421,11 @@ def check_jupyter_book() -> None:
         raise BookError('building the HTML book needs jupyter-book, which is not installed: pip install -e ".[book]"')
 
 
+def _edited_since(executed: Path, sources: list[Path]) -> bool:
+    """Whether a source of ``executed`` (the notebook, its preset file) changed after it was written."""
+    return any(s.exists() and s.stat().st_mtime > executed.stat().st_mtime for s in sources)
+
+
 def build_html(preset: str, root: Path | None = None) -> Path:
     """Stage the sources with the executed notebooks and build the HTML book.
 
@@ -432,7 +439,7 @@ def build_html(preset: str, root: Path | None = None) -> Path:
     stage.mkdir(parents=True)
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(root / name, stage / name)
-    missing, failed = [], []
+    missing, failed, edited = [], [], []
     for f in toc_files(root):
         for suffix in (".md", ".ipynb"):
             src = root / f"{f}{suffix}"
@@ -447,6 +454,8 @@ def build_html(preset: str, root: Path | None = None) -> Path:
                 if not executed.exists():
                     missing.append(str(src.relative_to(root)))
                     executed = src
+                elif _edited_since(executed, [src, preset_file(root, src, preset)]):
+                    edited.append(str(src.relative_to(root)))
                 shutil.copy2(executed, dst)
             else:
                 shutil.copy2(src, dst)
@@ -458,6 +467,11 @@ def build_html(preset: str, root: Path | None = None) -> Path:
             shutil.copy2(asset, dst)
     if missing:
         print(f"warning: not executed at preset {preset!r}, shown without outputs: {', '.join(missing)}")
+    if edited:
+        print(
+            f"warning: edited (the notebook or its {preset}.yaml) since last executed at preset {preset!r}, shown as "
+            f"they ran then: {', '.join(edited)}; python -m grokcore book run --preset {preset} --only <key> runs them again"
+        )
     if failed:
         print(
             f"warning: failed when last executed at preset {preset!r} (see their .failed.ipynb in "

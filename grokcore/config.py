@@ -208,7 +208,7 @@ def _coerce(value, tp):
     if tp is float:
         if isinstance(value, numbers.Real) and not isinstance(value, bool):  # NumPy's floats too
             try:
-                return float(value)
+                return float(value) + 0.0  # -0.0 as 0.0: equal configs, one hash
             except OverflowError:  # an int beyond float's range: the right type, a value not allowed
                 raise ValueError("too large for a float") from None
         raise TypeError
@@ -528,8 +528,9 @@ class RunConfig(Spec):
 def lr_weight_decay_grid(lr_range, n_lr: int, weight_decay_max: float, n_weight_decay: int) -> dict:
     """A phase-diagram plane as a ``sweep``: ``n_lr`` learning rates log-spaced from the first of
     ``lr_range`` to the second, both included, by ``n_weight_decay`` weight decays evenly spaced
-    from 0 to ``weight_decay_max`` (Liu et al. 2022's Figures 6 and 7). The arguments are
-    checked by the names a notebook gives them, before any work starts."""
+    from 0 to ``weight_decay_max`` (Liu et al. 2022's Figures 6 and 7); a count of 1 gives the
+    first end alone (the smallest learning rate, weight decay 0). The arguments are checked by
+    the names a notebook gives them, before any work starts."""
     lr_pair = Check(lambda v: len(v) == 2 and all(POSITIVE.ok(x) for x in v) and v[0] <= v[1],
                     "two finite numbers, the smallest and the largest learning rate, with 0 < smallest <= largest")
     count = Check(lambda v: v >= 1, "a whole number >= 1")

@@ -79,6 +79,7 @@ def submit(
     if not todo:
         raise SlurmError("the book lists no notebook in _toc.yml: nothing to submit")
     book.book_parameters(root, todo, preset)  # here, not on a GPU node after the queue's wait
+    book.check_jupyter_book()  # the build job runs this Python: not after the whole array
     if not dry_run and shutil.which("sbatch") is None:
         raise SlurmError("sbatch is not on PATH: run this on a SLURM login node, or add --dry-run to only write the scripts")
 

@@ -111,6 +111,8 @@ def test_numpy_arrays_and_ranges_are_lists():
     optim = gc.AdamW(betas=np.array([0.9, 0.98]))
     assert optim.betas == (0.9, 0.98) and all(type(b) is float for b in optim.betas)
     assert config(optim=optim).hash() == config(optim=gc.AdamW(betas=[0.9, 0.98])).hash()
+    # -0.0 equals 0.0 and trains alike: one config, one hash.
+    assert config(optim=gc.AdamW(weight_decay=-0.0)).hash() == config(optim=gc.AdamW(weight_decay=0.0)).hash()
     norms = config(track_norms=np.array(["unembed"])).track_norms
     assert norms == ("unembed",) and type(norms[0]) is str
     assert gc.SumEmbeddingMLP(hidden=np.array([4, 4])).to_dict() == gc.SumEmbeddingMLP(hidden=[4, 4]).to_dict()

@@ -375,6 +375,8 @@ def test_preset_files_and_p_values_are_checked_alike(tmp_path):
         ("items: [x]\n", r"items = \['x'\] .*: each item must be a number, as its default \[1, 2\] is"),
         ("n: true\n", r"n = True is not allowed .*: must be a number"),  # a bool is an int, but not a count
         ("flag: 1\n", r"flag = 1 is not allowed .*: must be a boolean"),
+        ("n:\n", r"n = None is not allowed .*: must be a number, not null \(YAML reads an empty value, ~ and null as null\)"),
+        ("items: ~\n", r"items = None is not allowed .*: must be a list, not null"),
         ("word: off\n", r"word = False .*: must be a string \(YAML reads on, off, yes, no, true and false as booleans: quote the word for YAML, inside the shell's quotes, as in -p positions \"'off'\"\), as its default 'learned' is"),
     ]:
         (tmp_path / "parameters/demo/demo/ci.yaml").write_text(text)
@@ -482,6 +484,23 @@ def test_the_build_names_where_the_pages_end_up(tmp_path, capfd):
     out = capfd.readouterr().out
     assert "_build/html-ci/index.html" in out and f"file://{index}" in out, out
     assert "stage/ci/_build/html" not in out, out  # the staging folder's own name may appear
+
+
+def test_the_build_names_notebooks_edited_since_they_ran(tmp_path, capsys):
+    """An executed copy older than its notebook or its preset file shows what ran then: said."""
+    demo_book(tmp_path, {"kept": "y = x", "edited": "y = x", "preset": "y = x"})
+    (tmp_path / "_config.yml").write_text("title: [unclosed\n")  # the warnings come first; no pages needed
+    for name, (source, preset) in {"kept": (1, 1), "edited": (3, 1), "preset": (1, 3)}.items():
+        src = tmp_path / f"book/demo/{name}.ipynb"
+        executed = book.executed_path(tmp_path, src, "ci")
+        executed.parent.mkdir(parents=True, exist_ok=True)
+        executed.write_bytes(src.read_bytes())
+        for path, t in ((src, source), (book.preset_file(tmp_path, src, "ci"), preset), (executed, 2)):
+            os.utime(path, (1e9 + t, 1e9 + t))
+    with pytest.raises(book.BookError, match="jupyter-book build failed"):
+        book.build_html("ci", root=tmp_path)
+    assert ("warning: edited (the notebook or its ci.yaml) since last executed at preset 'ci', shown as they ran "
+            "then: book/demo/edited.ipynb, book/demo/preset.ipynb;") in capsys.readouterr().out
 
 
 def test_a_failed_html_build_is_an_error_line_after_the_notebooks_failures(tmp_path, monkeypatch, capsys):

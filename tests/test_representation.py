@@ -262,7 +262,7 @@ def test_a_row_without_the_accuracy_is_no_evaluation_of_it():
     """A row that logged training accuracy alone (validation accuracy missing) says nothing of
     when validation crossed: here validation was evaluated at 0 and 1,150 only, so its crossing
     could lie anywhere from 1 to 1,150, a delay on either side of the lag."""
-    rows = [dict(member=0, step=s, train_acc=float(s >= 100), val_acc=v)
+    rows = [{"member": 0, "step": s, "train_acc": float(s >= 100), "val_acc": v}
             for s, v in [(0, 0.0), (100, 0.0), (1100, float("nan")), (1150, 1.0)]]
     with pytest.warns(UserWarning, match="not resolved"):
         phases = classify_phases(pd.DataFrame(rows), threshold=0.9, lag=1000)

@@ -5,6 +5,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -77,6 +78,15 @@ def test_runs_command_prints_a_table_or_markdown(tmp_path, capsys):
     assert main(["runs", "--root", str(tmp_path), "--markdown"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("| --- |") and lines[2].startswith(f"| {config.run_name} | done | 1 | 30 / 30 |")
+
+
+def test_a_bar_in_a_runs_name_stays_in_its_markdown_cell(tmp_path, capsys):
+    gc.train(small_config(name="a|b"), root=tmp_path, progress=False)
+    capsys.readouterr()
+    assert main(["runs", "--root", str(tmp_path), "--markdown"]) == 0
+    header, _, line = capsys.readouterr().out.splitlines()
+    cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+    assert len(cells) == header.count("|") - 1 and cells[0].startswith("a\\|b-")
 
 
 def test_runs_command_says_when_the_store_is_empty(tmp_path, capsys):

@@ -195,6 +195,14 @@ def test_a_template_field_grokcore_does_not_fill_is_refused(project, capsys):
     assert submissions(project) == [] and not (project / "_build").exists()
 
 
+def test_a_book_that_could_not_be_built_is_not_submitted(project, capsys, monkeypatch):
+    """The build job runs this Python after the whole array: without jupyter-book, refused now."""
+    monkeypatch.setitem(sys.modules, "jupyter_book", None)  # not importable
+    assert main(["slurm", "--preset", "ci", "--dry-run"]) == 2
+    assert 'needs jupyter-book, which is not installed: pip install -e ".[book]"' in capsys.readouterr().err
+    assert submissions(project) == [] and not (project / "_build").exists()
+
+
 def test_unknown_preset_names_the_allowed_ones(project, capsys):
     with pytest.raises(SystemExit):
         main(["slurm", "--preset", "gpu"])
@@ -304,6 +312,7 @@ def test_the_time_limit_warning_saves_the_run_and_requeues_the_task(project, tmp
     assert requeues == (["requeue 4242_1"] if requeued else [])
     said = (log / "task.out").read_text()
     assert ("requeued (restart" in said) == requeued and ("not requeued" in said) == (not requeued)
+    assert (f"requeued (restart {restarts + 1} of at most 10)" in said) == requeued, said  # the start to come
 
 
 def test_scancel_does_not_requeue(project, tmp_path):
