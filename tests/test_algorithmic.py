@@ -208,7 +208,7 @@ def test_each_op_ignores_the_size_it_does_not_use():
 def test_a_misspelt_or_unknown_value_names_what_is_allowed():
     with pytest.raises(ConfigError, match=r"^'fraction' is not a parameter of AlgorithmicTask: allowed: op, p, n, train_fraction"):
         AlgorithmicTask(fraction=0.3)
-    with pytest.raises(ConfigError, match=r"^loss = 'l1' is not allowed: must be one of 'cross_entropy', 'mse'"):
+    with pytest.raises(ConfigError, match=r"^loss = 'l1' is not allowed: must be one of 'cross_entropy', 'cross_entropy_fp64', 'mse'"):
         AlgorithmicTask(loss="l1")
 
 
@@ -253,6 +253,26 @@ def test_loss_gradients_match_their_derivatives_by_hand():
             assert row == pytest.approx(want, rel=1e-6, abs=1e-7), loss
     with pytest.raises(ValueError, match="^loss = 'hinge' is not allowed"):
         loss_gradient("hinge", torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
+
+
+def test_a_float64_softmax_keeps_what_float32_rounds_away():
+    """An example fitted so well that its class's probability is within 6e-8 of 1: float32
+    rounds that probability to 1, so its loss reads 0 and its own class adds nothing to the
+    gradient; cross_entropy_fp64 keeps both, as plain Python's doubles work them out."""
+    outputs = [[30.0, 0.0, 1.0, -2.0], [-1.0, 25.0, 2.5, 0.0]]
+    targets = [0, 1]
+    rest = [sum(math.exp(v - row[t]) for c, v in enumerate(row) if c != t) for row, t in zip(outputs, targets)]
+    loss = [math.log1p(r) for r in rest]  # -log p(target)
+    grad = [[-r / (1 + r) if c == t else math.exp(v - row[t]) / (1 + r) for c, v in enumerate(row)]
+            for row, t, r in zip(outputs, targets, rest)]
+    o, y = torch.tensor(outputs), torch.tensor(targets)
+    assert example_loss("cross_entropy_fp64", o, y).tolist() == pytest.approx(loss, rel=1e-6)
+    got = loss_gradient("cross_entropy_fp64", o, y)
+    assert got.dtype == torch.float32
+    for row, want in zip(got.tolist(), grad):
+        assert row == pytest.approx(want, rel=1e-6)
+    assert example_loss("cross_entropy", o, y).tolist() == [0.0, 0.0]
+    assert loss_gradient("cross_entropy", o, y)[[0, 1], [0, 1]].tolist() == [0.0, 0.0]
 
 
 @pytest.mark.parametrize("loss", LOSSES)

@@ -42,3 +42,29 @@ def test_thilak_slingshot_loss_spike_with_a_norm_burst_only_at_small_epsilon(tmp
     after = norm(spike + 200) - norm(spike)
     earlier = norm(spike - 120) - norm(spike - 240)
     assert burst > 5 * after and burst > 5 * earlier, (burst, after, earlier)
+
+
+def test_the_spike_needs_the_float32_softmax(tmp_path):
+    """The same cycle's spike, and the float32 softmax: in float32 a probability within 6e-8
+    of 1 rounds to 1, so the training loss cannot fall much below 1e-8 and a fitted example's own
+    class stops pulling on the weights (Prieto et al. 2025, arXiv:2501.04697: softmax collapse).
+    With the softmax in float64, as Nanda et al.'s code takes it, two seeds of the run above
+    fall more than ten times lower and neither spikes; in float32 both spike (measured: at steps
+    1160 and 1180, from losses of 2-3e-8; in float64 the lowest losses were 1.6-1.7e-9)."""
+    runs = {}
+    for loss in ("cross_entropy", "cross_entropy_fp64"):
+        config = gc.RunConfig(
+            name="science-softmax",
+            task=gc.AlgorithmicTask(op="x+y", p=31, train_fraction=0.5, op_token=False, loss=loss),
+            model=gc.Transformer(n_layers=1, d_model=64, n_heads=4, d_mlp=256, norm="none", bias="mlp", init="nanda"),
+            optim=gc.AdamW(lr=3e-3, weight_decay=0.0, eps=1e-8),
+            steps=1300,
+            seeds=2,
+            eval_every=20,
+            checkpoints=0,
+        )
+        runs[loss] = gc.train(config, root=tmp_path, progress=False).history
+    spiked = {loss: set(gc.measures.loss_spikes(h)["member"]) for loss, h in runs.items()}
+    assert spiked == {"cross_entropy": {0, 1}, "cross_entropy_fp64": set()}, spiked
+    lowest = {loss: h.groupby("member")["train_loss"].min() for loss, h in runs.items()}
+    assert (lowest["cross_entropy_fp64"] * 10 < lowest["cross_entropy"]).all(), lowest

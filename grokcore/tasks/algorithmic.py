@@ -117,7 +117,10 @@ class AlgorithmicTask(Task):
     train_fraction: float = spec_field(0.5, check=FRACTION, doc="fraction of all equations used for training")
     op_token: bool = spec_field(True, doc="input 'x op y =' (Power); False: 'x y =' (Nanda)")
     eq_token: bool = spec_field(True, doc="end the input with '='; False: the operands alone, 'x y' (Liu's code)")
-    loss: Literal["cross_entropy", "mse"] = spec_field("cross_entropy", doc="mse: against one-hot targets (Gromov)")
+    loss: Literal["cross_entropy", "cross_entropy_fp64", "mse"] = spec_field(
+        "cross_entropy",
+        doc="cross_entropy_fp64: its softmax in float64 (Nanda et al.'s code); mse: against one-hot targets (Gromov)",
+    )
 
     def validate(self):
         if self.op not in OPS:

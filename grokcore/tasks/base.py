@@ -16,7 +16,11 @@ from torch import Tensor
 
 from grokcore.config import Spec
 
-LOSSES = ("cross_entropy", "mse")
+#: cross_entropy_fp64 is cross-entropy with its softmax in float64, as Nanda et al.'s code takes it:
+#: in float32 a probability within 6e-8 of 1 rounds to 1, so an example fitted that well adds
+#: nothing for its own class to the gradient and reports a loss of 0 (Prieto et al. 2025,
+#: arXiv:2501.04697, call this softmax collapse).
+LOSSES = ("cross_entropy", "cross_entropy_fp64", "mse")
 
 
 @dataclass
@@ -107,8 +111,9 @@ def seeded_permutation(n: int, seed: int) -> Tensor:
 def example_loss(loss: str, outputs: Tensor, targets: Tensor) -> Tensor:
     """Per-example loss. ``outputs`` is (..., C) and ``targets`` (...) class ids. ``mse``
     compares the outputs with one-hot targets, averaged over the C outputs (as
-    ``nn.MSELoss`` in Omnigrok)."""
-    if loss == "cross_entropy":
+    ``nn.MSELoss`` in Omnigrok). ``cross_entropy_fp64``'s loss is float64."""
+    if loss in ("cross_entropy", "cross_entropy_fp64"):
+        outputs = outputs.double() if loss == "cross_entropy_fp64" else outputs
         return F.cross_entropy(outputs.flatten(0, -2), targets.flatten(), reduction="none").view(targets.shape)
     if loss == "mse":
         onehot = F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype)
@@ -118,11 +123,14 @@ def example_loss(loss: str, outputs: Tensor, targets: Tensor) -> Tensor:
 
 def loss_gradient(loss: str, outputs: Tensor, targets: Tensor) -> Tensor:
     """Each example's gradient of :func:`example_loss` with respect to its ``outputs``
-    (..., C): softmax(outputs) minus the one-hot target for cross-entropy, and
-    2 (outputs - one-hot) / C for ``mse``. A training step needs only this, not the loss."""
+    (..., C): softmax(outputs) minus the one-hot target for cross-entropy (worked out in float64
+    for ``cross_entropy_fp64``, and returned in the outputs' dtype), and 2 (outputs - one-hot) / C
+    for ``mse``. A training step needs only this, not the loss."""
     onehot = F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype)
     if loss == "cross_entropy":
         return outputs.softmax(-1) - onehot
+    if loss == "cross_entropy_fp64":
+        return (outputs.double().softmax(-1) - onehot.double()).to(outputs.dtype)
     if loss == "mse":
         return (outputs - onehot) * (2 / outputs.shape[-1])
     raise ValueError(f"loss = {loss!r} is not allowed: must be one of {', '.join(LOSSES)}")

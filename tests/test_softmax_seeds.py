@@ -1,0 +1,66 @@
+"""The softmax study (benchmarks/softmax_seeds.py): its summary, and the chapters' prose against its committed tables."""
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import softmax_seeds
+
+
+def prose(notebook: str) -> str:
+    """A notebook's markdown, its whitespace collapsed."""
+    cells = json.loads((ROOT / "book" / notebook).read_text())["cells"]
+    return " ".join(" ".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown").split())
+
+
+def test_the_summary_counts_spikes_and_compares_seed_by_seed():
+    table = pd.DataFrame({
+        "seed": [0, 1, 2, 0, 1, 2],
+        "softmax": ["fp32"] * 3 + ["fp64"] * 3,
+        "spikes": [2, 1, 0, 0, 1, 1],
+        "min_train_loss": [1e-8, 2e-8, 3e-8, 1e-10, 2e-10, 3e-10],
+        "val_99": [100.0, None, 300.0, 200.0, None, None],
+    })
+    lines = softmax_seeds.summary(table).splitlines()
+    assert lines[0] == ("  fp32: 2 of 3 seeds spiked, 3 spikes; lowest training loss a median 2.0e-08; "
+                        "99% validation accuracy for 2, at a median step of 200")
+    assert lines[1].startswith("  fp64: 2 of 3 seeds spiked, 2 spikes; lowest training loss a median 2.0e-10; "
+                               "99% validation accuracy for 1, at a median step of 200")
+    # seed 0: fewer in fp64; seed 1: as many; seed 2: more. One against one: p = 1.
+    assert lines[2] == "  per seed, fp64 had fewer spikes for 1, more for 1 (two-sided sign test p = 1)"
+
+
+def test_the_chapters_state_what_the_study_s_tables_hold():
+    thilak = pd.read_csv(ROOT / "book/thilak2022/softmax_seeds_thilak.csv")
+    f32, f64 = (thilak[thilak.softmax == s].set_index("seed") for s in ("fp32", "fp64"))
+    assert len(f32) == len(f64) == 8
+    assert ((f32.spikes > 0).sum(), f32.spikes.sum(), set(f32.spikes)) == (8, 20, {2, 3})
+    assert ((f64.spikes > 0).sum(), f64.spikes.sum(), set(f64.spikes)) == (5, 5, {0, 1})
+    assert (f64.spikes < f32.spikes).all()
+    assert (f"{f32.min_train_loss.median():.1e}", f"{f64.min_train_loss.median():.1e}") == ("1.6e-08", "5.1e-10")
+    sooner = f64.first_spike.notna() & (f64.first_spike < f32.first_spike)
+    assert sooner.sum() == 4 and (f64.first_spike[7], f32.first_spike[7]) == (1340, 2540)
+    text = prose("thilak2022/slingshot.ipynb")
+    for stated in ("every seed spiked in float32, 20 spikes in all (2 or 3 a seed); in float64 five seeds spiked once "
+                   "each and three never", "8 of 8 would come up with probability 0.008",
+                   "a median of 1.6e-8 in float32 against 5.1e-10 in float64", "four of the five float64 spikes came "
+                   "sooner than that seed's first in float32 (at step 1,340 against 2,540, for one)"):
+        assert stated in text, stated
+
+    nanda = pd.read_csv(ROOT / "book/thilak2022/softmax_seeds_nanda.csv")
+    f32, f64 = (nanda[nanda.softmax == s].set_index("seed") for s in ("fp32", "fp64"))
+    assert len(f32) == len(f64) == 8
+    assert (f32.spikes == 4).all() and (f64.spikes == 0).all()
+    assert (f32.val_99.median(), f64.val_99.median()) == (2720, 2240)
+    both = f32.val_99.notna() & f64.val_99.notna()
+    assert ((f64.val_99 < f32.val_99)[both].sum(), (f64.val_99 > f32.val_99)[both].sum(), (~both).sum()) == (5, 2, 1)
+    assert f32.val_99.isna().equals(f64.val_99.isna())
+    stated = ("every seed spiked 4 times in float32 and never in float64, while the steps to 99% validation accuracy "
+              "moved both ways (a median of 2,720 in float32 and 2,240 in float64; sooner for 5 seeds, later for 2, "
+              "never within 6,000 steps for one in either)")
+    assert stated in prose("nanda2023/progress_measures.ipynb")
