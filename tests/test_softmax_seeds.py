@@ -46,10 +46,13 @@ def test_the_chapters_state_what_the_study_s_tables_hold():
     sooner = f64.first_spike.notna() & (f64.first_spike < f32.first_spike)
     assert sooner.sum() == 4 and (f64.first_spike[7], f32.first_spike[7]) == (1340, 2540)
     text = prose("thilak2022/slingshot.ipynb")
-    for stated in ("every seed spiked in float32, 20 spikes in all (2 or 3 a seed); in float64 five seeds spiked once "
-                   "each and three never", "8 of 8 would come up with probability 0.008",
-                   "a median of 1.6e-8 in float32 against 5.1e-10 in float64", "four of the five float64 spikes came "
-                   "sooner than that seed's first in float32 (at step 1,340 against 2,540, for one)"):
+    for stated in (
+        ("every seed spiked in float32, 20 spikes in all (2 or 3 a seed); in float64 five seeds spiked once each and "
+         "three never"),
+        "8 of 8 would come up with probability 0.008",
+        "a median of 1.6e-8 in float32 against 5.1e-10 in float64",
+        "four of the five float64 spikes came sooner than that seed's first in float32 (at step 1,340 against 2,540, for one)",
+    ):
         assert stated in text, stated
 
     nanda = pd.read_csv(ROOT / "book/thilak2022/softmax_seeds_nanda.csv")
