@@ -2,7 +2,7 @@
 
 Not in CI; 64 seeds want a GPU, 8 take about 13 minutes on two CPU cores::
 
-    python benchmarks/softmax_seeds.py --out book/thilak2022   # 64 seeds of each setting (a GPU)
+    python benchmarks/softmax_seeds.py --out DIR   # 64 seeds of each setting (a GPU)
     OMP_NUM_THREADS=2 python benchmarks/softmax_seeds.py --seeds 8 --out book/thilak2022   # the chapters' tables
     OMP_NUM_THREADS=2 python benchmarks/softmax_seeds.py --seeds 2 --steps 300   # a short CPU check
 

@@ -100,17 +100,19 @@ def _check_same_precision(path: Path, precision: str, device: torch.device, fini
         return  # no record (a run from before precision was recorded, or none yet)
     if recorded is None:
         return
-    if finished:  # returned as it is: what matters is what the caller asked for
-        if (recorded == "bf16") != (precision == "bf16"):
-            warnings.warn(
-                f"{path.name} was trained with precision = {recorded!r}, not {precision!r} (the precision is not part "
-                "of the config's hash): returning it as it is; to compare, train it again in another root",
-                stacklevel=3,
-            )
+    # What this call stands for: a bf16 run is returned as asked for on any device; otherwise
+    # as the device would train (the CPU's "fp32" records a CPU run asked for in bf16).
+    asked = precision if finished and recorded == "bf16" else device_precision(precision, device)
+    if (recorded == "bf16") == (asked == "bf16"):
         return
-    if (recorded == "bf16") == (device_precision(precision, device) == "bf16"):
+    if finished:
+        warnings.warn(
+            f"{path.name} was trained with precision = {recorded!r}, not {precision!r} (the precision is not part "
+            "of the config's hash): returning it as it is; to compare, train it again in another root",
+            stacklevel=3,
+        )
         return
-    if precision == recorded:  # asked for rightly, on a device that cannot give it
+    if recorded == "bf16" and device.type != "cuda":  # only a GPU continues it, whatever was asked for
         raise ConfigError(
             f"{path.name} started with precision = 'bf16', which the CPU cannot continue (it multiplies in "
             "float32): resume it on a GPU, or train it in another root"

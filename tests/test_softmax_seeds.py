@@ -42,6 +42,7 @@ def test_the_chapters_state_what_the_study_s_tables_hold():
     assert ((f32.spikes > 0).sum(), f32.spikes.sum(), set(f32.spikes)) == (8, 20, {2, 3})
     assert ((f64.spikes > 0).sum(), f64.spikes.sum(), set(f64.spikes)) == (5, 5, {0, 1})
     assert (f64.spikes < f32.spikes).all()
+    assert f"{softmax_seeds.sign_test(int((f64.spikes < f32.spikes).sum()), int((f64.spikes > f32.spikes).sum())):.3f}" == "0.008"
     assert (f"{f32.min_train_loss.median():.1e}", f"{f64.min_train_loss.median():.1e}") == ("1.6e-08", "5.1e-10")
     sooner = f64.first_spike.notna() & (f64.first_spike < f32.first_spike)
     assert sooner.sum() == 4 and (f64.first_spike[7], f32.first_spike[7]) == (1340, 2540)
@@ -49,7 +50,7 @@ def test_the_chapters_state_what_the_study_s_tables_hold():
     for stated in (
         ("every seed spiked in float32, 20 spikes in all (2 or 3 a seed); in float64 five seeds spiked once each and "
          "three never"),
-        "8 of 8 would come up with probability 0.008",
+        "a split this uneven would come up with probability 0.008: a two-sided sign test",
         "a median of 1.6e-8 in float32 against 5.1e-10 in float64",
         "four of the five float64 spikes came sooner than that seed's first in float32 (at step 1,340 against 2,540, for one)",
     ):

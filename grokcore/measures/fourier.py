@@ -304,23 +304,24 @@ def phases(history: pd.DataFrame, measures: pd.DataFrame, drop: float = 0.5, fra
     need (a NaN loss, say) are left out of that value's curve.
     """
     one_member(history)
-    h = history.dropna(subset=["val_loss"]).sort_values("step")
-    # Labels from a concat may repeat: numbered afresh.
-    m = measures.dropna(subset=["excluded_loss", "gini_embedding"]).sort_values("step", ignore_index=True)
-    for name, rows, column in (("history", h, "val_loss"), ("measures", m, "excluded_loss and gini_embedding")):
-        if rows.empty:
+    curves = {}  # each curve's rows, sorted by step and numbered afresh (a concat's labels may repeat)
+    for name, frame, column in (("history", history, "val_loss"), ("measures", measures, "excluded_loss"),
+                                ("measures", measures, "gini_embedding")):
+        curves[column] = frame.dropna(subset=[column]).sort_values("step", ignore_index=True)
+        if curves[column].empty:
             raise ValueError(f"{name} has no row with {column}: the phases need at least one")
+    h, m, g = curves["val_loss"], curves["excluded_loss"], curves["gini_embedding"]
     memorised = float(m.loc[m["excluded_loss"].idxmin(), "step"])
     plateau = np.interp(memorised, h["step"], h["val_loss"])
     after = h[(h["step"] > memorised) & (h["val_loss"] < drop * plateau)]
     cleanup = float(after["step"].iloc[0]) if len(after) else float("nan")
     done = float("nan")
     if np.isfinite(cleanup):
-        g0 = np.interp(cleanup, m["step"], m["gini_embedding"])
-        g1 = m["gini_embedding"].iloc[-1]
-        later = m[(m["step"] >= cleanup) & (m["gini_embedding"] >= g0 + fraction * (g1 - g0))]
+        g0 = np.interp(cleanup, g["step"], g["gini_embedding"])
+        g1 = g["gini_embedding"].iloc[-1]
+        later = g[(g["step"] >= cleanup) & (g["gini_embedding"] >= g0 + fraction * (g1 - g0))]
         # The last checkpoint always meets the level it sets: an end there is no end seen. A
         # Gini that did not rise had no clean-up to end (any step would meet the level).
-        if g1 > g0 and len(later) and later["step"].iloc[0] < m["step"].iloc[-1]:
+        if g1 > g0 and len(later) and later["step"].iloc[0] < g["step"].iloc[-1]:
             done = float(later["step"].iloc[0])
     return {"memorisation_end": memorised, "circuit_formation_end": cleanup, "cleanup_end": done}

@@ -108,13 +108,18 @@ def seeded_permutation(n: int, seed: int) -> Tensor:
     return torch.randperm(n, generator=g)
 
 
+def _softmax_input(loss: str, outputs: Tensor) -> Tensor:
+    """The logits a cross-entropy's softmax takes: in float64 for ``cross_entropy_fp64``."""
+    return outputs.double() if loss == "cross_entropy_fp64" else outputs
+
+
 def example_loss(loss: str, outputs: Tensor, targets: Tensor) -> Tensor:
     """Per-example loss. ``outputs`` is (..., C) and ``targets`` (...) class ids. ``mse``
     compares the outputs with one-hot targets, averaged over the C outputs (as
     ``nn.MSELoss`` in Omnigrok). ``cross_entropy_fp64``'s loss is float64."""
     if loss in ("cross_entropy", "cross_entropy_fp64"):
-        outputs = outputs.double() if loss == "cross_entropy_fp64" else outputs
-        return F.cross_entropy(outputs.flatten(0, -2), targets.flatten(), reduction="none").view(targets.shape)
+        logits = _softmax_input(loss, outputs)
+        return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), reduction="none").view(targets.shape)
     if loss == "mse":
         onehot = F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype)
         return (outputs - onehot).pow(2).mean(-1)
@@ -127,10 +132,9 @@ def loss_gradient(loss: str, outputs: Tensor, targets: Tensor) -> Tensor:
     for ``cross_entropy_fp64``, and returned in the outputs' dtype), and 2 (outputs - one-hot) / C
     for ``mse``. A training step needs only this, not the loss."""
     onehot = F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype)
-    if loss == "cross_entropy":
-        return outputs.softmax(-1) - onehot
-    if loss == "cross_entropy_fp64":
-        return (outputs.double().softmax(-1) - onehot.double()).to(outputs.dtype)
+    if loss in ("cross_entropy", "cross_entropy_fp64"):
+        logits = _softmax_input(loss, outputs)
+        return (logits.softmax(-1) - onehot.to(logits.dtype)).to(outputs.dtype)
     if loss == "mse":
         return (outputs - onehot) * (2 / outputs.shape[-1])
     raise ValueError(f"loss = {loss!r} is not allowed: must be one of {', '.join(LOSSES)}")
