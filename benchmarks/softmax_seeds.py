@@ -99,8 +99,7 @@ def main() -> None:
             print(f"{setting}, softmax in {name}: {time.perf_counter() - t0:.0f} s", flush=True)
         table = pd.concat(tables, ignore_index=True)
         print(f"{setting}:\n{summary(table)}", flush=True)
-        if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
+        if args.out:  # the write makes the folder if missing
             atomic_write_text(args.out / f"softmax_seeds_{setting}.csv", table.to_csv(index=False))
 
 
