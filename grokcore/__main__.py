@@ -165,10 +165,18 @@ def main(argv: list[str] | None = None) -> int:
         if not papermill_log.handlers:
             papermill_log.addHandler(logging.StreamHandler(sys.stdout))
             papermill_log.propagate = False  # a handler on the root logger would print it twice
+        try:
+            params = book.preset_parameters(root, nb, args.preset, overrides)
+        except book.BookError as e:
+            print(f"FAILED {book.Failure(str(nb.relative_to(root)), 'parameters', str(e))}", file=sys.stderr)
+            return 1
+        # The changes as the notebook reads them, so that "-p steps 1e5" and "-p steps 100000"
+        # name one executed copy.
+        overrides = {name: params[name] for name in overrides}
         _warn_if_no_gpu(args.preset)
         t0 = time.perf_counter()
         try:
-            failure = book.execute(root, nb, args.preset, overrides, log_output=True)
+            failure = book.execute(root, nb, args.preset, overrides, log_output=True, params=params)
         except book.Terminated as stop:
             return _stopped(f"SIGTERM ({stop})", signal.SIGTERM)
         except KeyboardInterrupt:  # passed on to the kernel, which has saved its run

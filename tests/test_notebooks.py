@@ -98,6 +98,7 @@ def test_cli_finds_the_notebooks_repository_from_anywhere(tmp_path, monkeypatch)
 
     calls = []
     monkeypatch.setattr(book, "execute", lambda *args, **_: calls.append(args))
+    monkeypatch.setattr(book, "preset_parameters", lambda root, nb, preset, overrides: dict(overrides))  # any names
     monkeypatch.chdir(tmp_path)
     nb = ROOT / "book/power2022/grokking.ipynb"
     assert main(["run", str(nb), "--preset", "ci", "-p", "seeds", "2"]) == 0
@@ -123,9 +124,18 @@ def test_cli_exit_status_says_whether_every_notebook_ran(monkeypatch, capsys):
     custom = book.executed_path(ROOT, nb, "ci", {"seeds": 2}).relative_to(ROOT)
     assert custom.parent == Path("_build/executed/ci-custom/book/power2022")
     assert f"-> {custom} (" in capsys.readouterr().out
+    # 1e5 and 100000 are one value of an integer parameter, and one executed copy.
+    for steps in ("1e5", "100000"):
+        assert main(["run", str(nb), "--preset", "ci", "-p", "steps", steps]) == 0
+    copies = [line.split(" -> ")[1].split(" (")[0] for line in capsys.readouterr().out.splitlines() if " -> " in line]
+    assert len(copies) == 2 and copies[0] == copies[1]
     monkeypatch.setattr(book, "execute", lambda *a, **k: failure)
     assert main(["run", str(nb)]) == 1
     assert f"FAILED {failure}" in capsys.readouterr().err
+    # A parameter the notebook does not declare fails before any execution, the same way.
+    monkeypatch.setattr(book, "execute", lambda *a, **k: pytest.fail("executed"))
+    assert main(["run", str(nb), "-p", "train_fractoin", "0.5"]) == 1
+    assert "FAILED book/power2022/grokking.ipynb, parameters: unknown parameter 'train_fractoin'" in capsys.readouterr().err
 
     presets = []
     monkeypatch.setattr(book, "run_book", lambda preset, root, only: presets.append(preset) or [failure])
