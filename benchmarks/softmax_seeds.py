@@ -4,6 +4,7 @@ Not in CI; 64 seeds want a GPU, 8 take about 13 minutes on two CPU cores::
 
     python benchmarks/softmax_seeds.py --out DIR   # 64 seeds of each setting (a GPU)
     OMP_NUM_THREADS=2 python benchmarks/softmax_seeds.py --seeds 8 --out book/thilak2022   # the chapters' tables
+    OMP_NUM_THREADS=2 python benchmarks/softmax_seeds.py --settings thilak --seeds 2 --steps 40000   # a long run (10 min)
     OMP_NUM_THREADS=2 python benchmarks/softmax_seeds.py --seeds 2 --steps 300   # a short CPU check
 
 Two of the book's `cpu` settings: Thilak et al.'s (Adam without weight decay, eps 1e-8, x/y mod
@@ -12,8 +13,9 @@ seeds (each its own initialisation and split) as one ensemble, once with the los
 float32 (grokcore's ``cross_entropy``) and once in float64 (``cross_entropy_fp64``, as Nanda et
 al.'s code takes it), with exact float32 products on a GPU as on the CPU, and evaluated every 20
 steps. Per seed it records the training-loss spikes (``grokcore.measures.loss_spikes``), the
-lowest training loss and the first step at 99% validation accuracy; with ``--out`` the table goes
-to ``DIR/softmax_seeds_<setting>.csv``.
+lowest training loss, the first step at 99% validation accuracy, the best validation accuracy
+and the last layer's norm at the end; with ``--out`` the table goes to
+``DIR/softmax_seeds_<setting>.csv``.
 """
 
 from __future__ import annotations
@@ -43,25 +45,29 @@ def settings(seeds: int, steps: int | None) -> dict[str, gc.RunConfig]:
         model=gc.Transformer(n_layers=2, d_model=32, n_heads=4, d_mlp=128),
         optim=gc.AdamW(lr=1e-3, weight_decay=0.0, betas=(0.9, 0.98), warmup_steps=10, eps=1e-8),
         steps=steps or 5200, batch_size=512, max_batch_fraction=0.5,
-        seeds=seeds, eval_every=20, checkpoints=0,
+        seeds=seeds, eval_every=20, checkpoints=0, track_norms=("unembed",),
     )
     nanda = gc.RunConfig(
         name="softmax-seeds-nanda",
         task=gc.AlgorithmicTask(op="x+y", p=31, train_fraction=0.5, op_token=False),
         model=gc.Transformer(n_layers=1, d_model=64, n_heads=4, d_mlp=256, norm="none", bias="mlp", init="nanda"),
         optim=gc.AdamW(lr=3e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10),
-        steps=steps or 6000, batch_size=None, seeds=seeds, eval_every=20, checkpoints=0,
+        steps=steps or 6000, batch_size=None, seeds=seeds, eval_every=20, checkpoints=0, track_norms=("unembed",),
     )
     return {"thilak": thilak, "nanda": nanda}
 
 
 def per_seed(history: pd.DataFrame) -> pd.DataFrame:
-    """One row per seed: its spikes, the first of them, its lowest training loss and its step to 99%."""
+    """One row per seed: its spikes, the first of them, its lowest training loss, its step to 99%,
+    its best validation accuracy and its last layer's norm at the end."""
     spikes = gc.measures.loss_spikes(history)
     out = gc.measures.grokking_delays(history)[["member", "seed", "val_step"]].set_index("member")
     out["spikes"] = spikes.groupby("member").size().reindex(out.index, fill_value=0)
     out["first_spike"] = spikes.groupby("member").step.min().reindex(out.index).astype("Int64")
-    out["min_train_loss"] = history.groupby("member").train_loss.min()
+    by_member = history.groupby("member")
+    out["min_train_loss"] = by_member.train_loss.min()
+    out["best_val_acc"] = by_member.val_acc.max()
+    out["final_norm"] = by_member.norm_unembed.last()
     return out.rename(columns={"val_step": "val_99"}).reset_index(drop=True)
 
 
@@ -74,6 +80,7 @@ def summary(table: pd.DataFrame) -> str:
             f"  {name}: {int((t.spikes > 0).sum())} of {len(t)} seeds spiked, {int(t.spikes.sum())} spikes; lowest "
             f"training loss a median {t.min_train_loss.median():.1e}; 99% validation accuracy for "
             f"{int(t.val_99.notna().sum())}, at a median step of {t.val_99.median():,.0f}"
+            + (f"; last-layer norm at the end a median {t.final_norm.median():.1f}" if "final_norm" in t else "")
         )
     wide = table.pivot(index="seed", columns="softmax", values="spikes")
     fewer, more = int((wide.fp64 < wide.fp32).sum()), int((wide.fp64 > wide.fp32).sum())
@@ -86,11 +93,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=64)
     parser.add_argument("--steps", type=int, help="fewer steps than the settings' (a short check)")
     parser.add_argument("--out", type=Path, help="write softmax_seeds_<setting>.csv here")
+    parser.add_argument("--settings", nargs="+", choices=["thilak", "nanda"], default=["thilak", "nanda"])
     args = parser.parse_args()
     if args.seeds < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--seeds and --steps must be at least 1")
     root = Path("/tmp/grokcore-softmax-seeds") / str(time.time_ns())
     for setting, config in settings(args.seeds, args.steps).items():
+        if setting not in args.settings:
+            continue
         tables = []
         for name, loss in LOSSES.items():
             t0 = time.perf_counter()

@@ -33,6 +33,10 @@ def test_the_summary_counts_spikes_and_compares_seed_by_seed():
                                "99% validation accuracy for 1, at a median step of 200")
     # seed 0: fewer in fp64; seed 1: as many; seed 2: more. One against one: p = 1.
     assert lines[2] == "  per seed, fp64 had fewer spikes for 1, more for 1 (two-sided sign test p = 1)"
+    # Tables with the last layer's norm (those written since it was recorded) give its median too.
+    table["final_norm"] = [10.0, 30.0, 20.0, 5.0, 6.0, 7.5]
+    lines = softmax_seeds.summary(table).splitlines()
+    assert lines[0].endswith("; last-layer norm at the end a median 20.0") and lines[1].endswith(" a median 6.0")
 
 
 def test_the_chapters_state_what_the_study_s_tables_hold():
