@@ -15,7 +15,7 @@ al.'s code takes it), with exact float32 products on a GPU as on the CPU, and ev
 steps. Per seed it records the training-loss spikes (``grokcore.measures.loss_spikes``), the
 lowest training loss, the first step at 99% validation accuracy, the best validation accuracy
 and the last layer's norm at the end; with ``--out`` the table goes to
-``DIR/softmax_seeds_<setting>.csv``.
+``DIR/softmax_seeds_<setting>.csv`` (``softmax_seeds_<setting>_<steps>steps.csv`` with ``--steps``).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=64)
     parser.add_argument("--steps", type=int, help="fewer steps than the settings' (a short check)")
-    parser.add_argument("--out", type=Path, help="write softmax_seeds_<setting>.csv here")
+    parser.add_argument("--out", type=Path, help="write softmax_seeds_<setting>[_<steps>steps].csv here")
     parser.add_argument("--settings", nargs="+", choices=["thilak", "nanda"], default=["thilak", "nanda"])
     args = parser.parse_args()
     if args.seeds < 1 or (args.steps is not None and args.steps < 1):
@@ -110,7 +110,8 @@ def main() -> None:
         table = pd.concat(tables, ignore_index=True)
         print(f"{setting}:\n{summary(table)}", flush=True)
         if args.out:  # the write makes the folder if missing
-            atomic_write_text(args.out / f"softmax_seeds_{setting}.csv", table.to_csv(index=False))
+            name = f"softmax_seeds_{setting}" + (f"_{args.steps}steps" if args.steps else "")
+            atomic_write_text(args.out / f"{name}.csv", table.to_csv(index=False))
 
 
 if __name__ == "__main__":
