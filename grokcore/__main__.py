@@ -13,6 +13,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -34,6 +35,28 @@ def _warn_if_no_gpu(preset: str) -> None:
                 "will take hours or days (the cpu preset takes minutes)",
                 file=sys.stderr,
             )
+
+
+@contextlib.contextmanager
+def _papermill_log_to_stdout():
+    """papermill reports each cell and its output as it runs through logging, which says nothing
+    until it is set up: without this, a SLURM log stays empty for hours. Set up for one run and
+    undone after it, since a later call in the same process may have another sys.stdout (a
+    handler left on a closed one fails on every message)."""
+    log = logging.getLogger("papermill")
+    if log.handlers:  # set up by the caller: theirs
+        yield
+        return
+    handler, level, propagate = logging.StreamHandler(sys.stdout), log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # a handler on the root logger would print it twice
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 def _stopped(why: str, signum: int) -> int:
@@ -158,13 +181,6 @@ def main(argv: list[str] | None = None) -> int:
             overrides = {name: book.parameter_values(text, f"-p {name} {text.lstrip()!r}") for name, text in pairs}
         except book.BookError as e:
             run_p.error(str(e))
-        # papermill reports each cell and its output as it runs through logging, which says
-        # nothing until it is set up: without this, a SLURM log stays empty for hours.
-        papermill_log = logging.getLogger("papermill")
-        papermill_log.setLevel(logging.INFO)
-        if not papermill_log.handlers:
-            papermill_log.addHandler(logging.StreamHandler(sys.stdout))
-            papermill_log.propagate = False  # a handler on the root logger would print it twice
         try:
             params = book.preset_parameters(root, nb, args.preset, overrides)
         except book.BookError as e:
@@ -176,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         _warn_if_no_gpu(args.preset)
         t0 = time.perf_counter()
         try:
-            failure = book.execute(root, nb, args.preset, overrides, log_output=True, params=params)
+            with _papermill_log_to_stdout():
+                failure = book.execute(root, nb, args.preset, overrides, log_output=True, params=params)
         except book.Terminated as stop:
             return _stopped(f"SIGTERM ({stop})", signal.SIGTERM)
         except KeyboardInterrupt:  # passed on to the kernel, which has saved its run

@@ -2,6 +2,7 @@
 
 import ast
 import json
+import logging
 import os
 import re
 import signal
@@ -129,6 +130,9 @@ def test_cli_exit_status_says_whether_every_notebook_ran(monkeypatch, capsys):
         assert main(["run", str(nb), "--preset", "ci", "-p", "steps", steps]) == 0
     copies = [line.split(" -> ")[1].split(" (")[0] for line in capsys.readouterr().out.splitlines() if " -> " in line]
     assert len(copies) == 2 and copies[0] == copies[1]
+    # The cells' log went to this call's stdout and no further: a handler left on it would fail
+    # on every message once a later call (another test) has another stdout.
+    assert not logging.getLogger("papermill").handlers
     monkeypatch.setattr(book, "execute", lambda *a, **k: failure)
     assert main(["run", str(nb)]) == 1
     assert f"FAILED {failure}" in capsys.readouterr().err
