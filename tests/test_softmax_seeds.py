@@ -39,9 +39,20 @@ def test_the_summary_counts_spikes_and_compares_seed_by_seed():
     assert lines[0].endswith("; last-layer norm at the end a median 20.0") and lines[1].endswith(" a median 6.0")
 
 
-def test_the_chapters_state_what_the_study_s_tables_hold():
-    thilak = pd.read_csv(ROOT / "book/thilak2022/softmax_seeds_thilak.csv")
-    f32, f64 = (thilak[thilak.softmax == s].set_index("seed") for s in ("fp32", "fp64"))
+def by_softmax(table: str):
+    """A committed table of the study (beside the Thilak chapter), as one frame per softmax indexed by seed."""
+    frame = pd.read_csv(ROOT / "book/thilak2022" / table)
+    return (frame[frame.softmax == s].set_index("seed") for s in ("fp32", "fp64"))
+
+
+def assert_stated(notebook: str, *sentences: str) -> None:
+    text = prose(notebook)
+    for sentence in sentences:
+        assert sentence in text, sentence
+
+
+def test_the_thilak_chapter_states_what_the_8_seed_table_holds():
+    f32, f64 = by_softmax("softmax_seeds_thilak.csv")
     assert len(f32) == len(f64) == 8
     assert ((f32.spikes > 0).sum(), f32.spikes.sum(), set(f32.spikes)) == (8, 20, {2, 3})
     assert ((f64.spikes > 0).sum(), f64.spikes.sum(), set(f64.spikes)) == (5, 5, {0, 1})
@@ -50,65 +61,74 @@ def test_the_chapters_state_what_the_study_s_tables_hold():
     assert (f"{f32.min_train_loss.median():.1e}", f"{f64.min_train_loss.median():.1e}") == ("1.6e-08", "5.1e-10")
     sooner = f64.first_spike.notna() & (f64.first_spike < f32.first_spike)
     assert sooner.sum() == 4 and (f64.first_spike[7], f32.first_spike[7]) == (1340, 2540)
-    text = prose("thilak2022/slingshot.ipynb")
-    for stated in (
+    assert_stated(
+        "thilak2022/slingshot.ipynb",
         ("every seed spiked in float32, 20 spikes in all (2 or 3 a seed); in float64 five seeds spiked once each and "
          "three never"),
         "a split this uneven would come up with probability 0.008: a two-sided sign test",
         "a median of 1.6e-8 in float32 against 5.1e-10 in float64",
         "four of the five float64 spikes came sooner than that seed's first in float32 (at step 1,340 against 2,540, for one)",
-    ):
-        assert stated in text, stated
+    )
 
-    long = pd.read_csv(ROOT / "book/thilak2022/softmax_seeds_thilak_40000steps.csv")
-    f32, f64 = (long[long.softmax == s].set_index("seed") for s in ("fp32", "fp64"))
+
+def test_the_thilak_chapter_states_what_the_40000_step_table_holds():
+    f32, f64 = by_softmax("softmax_seeds_thilak_40000steps.csv")
     assert (list(f32.spikes), list(f64.spikes)) == ([4, 9], [0, 0])
     assert [f"{n:.0f}" for n in f32.final_norm] == ["646", "519"] and [f"{n:.1f}" for n in f64.final_norm] == ["16.1", "16.0"]
     assert f"{f64.min_train_loss.max():.1e}" == "3.1e-11" and f"{f64.min_train_loss.min():.1e}" == "3.1e-11"
     accs = pd.concat([f32.best_val_acc, f64.best_val_acc])
-    assert (f"{accs.min():.1%}", f"{accs.max():.1%}") == ("5.2%", "6.7%") and long.val_99.isna().all()
-    for stated in (
+    assert (f"{accs.min():.1%}", f"{accs.max():.1%}") == ("5.2%", "6.7%")
+    assert f32.val_99.isna().all() and f64.val_99.isna().all()
+    assert_stated(
+        "thilak2022/slingshot.ipynb",
         "In float32 the seeds spiked 4 and 9 times, and their last-layer norms ended at 646 and 519",
         "In float64 neither spiked, the training loss fell to 3.1e-11, and the norms ended at 16.1 and 16.0",
         "(best validation accuracy 5.2% to 6.7%; chance is 3.2%)",
-    ):
-        assert stated in text, stated
+    )
 
-    gpu = pd.read_csv(ROOT / "book/thilak2022/gpu/softmax_seeds_thilak.csv")
-    f32, f64 = (gpu[gpu.softmax == s].set_index("seed") for s in ("fp32", "fp64"))
+
+def test_the_thilak_chapter_states_what_the_64_seed_gpu_table_holds():
+    f32, f64 = by_softmax("gpu/softmax_seeds_thilak.csv")
     assert len(f32) == len(f64) == 64 and (f64.spikes < f32.spikes).all()
     assert (f32.spikes.sum(), set(f32.spikes), (f64.spikes == 1).sum(), (f64.spikes == 0).sum()) == (164, {2, 3}, 21, 43)
     assert f"{softmax_seeds.sign_test(64, 0):.2g}" == "1.1e-19"
     assert (f64.first_spike.notna() & (f64.first_spike < f32.first_spike)).sum() == 13
     assert (f"{f32.min_train_loss.median():.1e}", f"{f64.min_train_loss.median():.1e}") == ("1.4e-08", "4.4e-10")
-    for stated in (
+    assert_stated(
+        "thilak2022/slingshot.ipynb",
         "In float32 every seed spiked, 164 spikes in all (2 or 3 a seed); in float64 21 seeds spiked once and 43 never",
         "(two-sided sign test p = 1.1e-19), and 13 of the 21 float64 spikes came sooner",
         "a median of 1.4e-8 in float32 against 4.4e-10 in float64",
-    ):
-        assert stated in text, stated
+    )
 
-    nanda = pd.read_csv(ROOT / "book/thilak2022/softmax_seeds_nanda.csv")
-    f32, f64 = (nanda[nanda.softmax == s].set_index("seed") for s in ("fp32", "fp64"))
+
+def test_the_nanda_chapter_states_what_the_8_seed_table_holds():
+    f32, f64 = by_softmax("softmax_seeds_nanda.csv")
     assert len(f32) == len(f64) == 8
     assert (f32.spikes == 4).all() and (f64.spikes == 0).all()
     assert (f32.val_99.median(), f64.val_99.median()) == (2720, 2240)
     both = f32.val_99.notna() & f64.val_99.notna()
     assert ((f64.val_99 < f32.val_99)[both].sum(), (f64.val_99 > f32.val_99)[both].sum(), (~both).sum()) == (5, 2, 1)
     assert f32.val_99.isna().equals(f64.val_99.isna())
-    stated = ("every seed spiked 4 times in float32 and never in float64, while the steps to 99% validation accuracy "
-              "moved both ways (a median of 2,720 in float32 and 2,240 in float64; sooner for 5 seeds, later for 2, "
-              "never within 6,000 steps for one in either)")
-    assert stated in prose("nanda2023/progress_measures.ipynb")
+    assert_stated(
+        "nanda2023/progress_measures.ipynb",
+        ("every seed spiked 4 times in float32 and never in float64, while the steps to 99% validation accuracy "
+         "moved both ways (a median of 2,720 in float32 and 2,240 in float64; sooner for 5 seeds, later for 2, "
+         "never within 6,000 steps for one in either)"),
+    )
 
-    gpu = pd.read_csv(ROOT / "book/thilak2022/gpu/softmax_seeds_nanda.csv")
-    f32, f64 = (gpu[gpu.softmax == s].set_index("seed") for s in ("fp32", "fp64"))
+
+def test_the_nanda_chapter_states_what_the_64_seed_gpu_table_holds():
+    f32, f64 = by_softmax("gpu/softmax_seeds_nanda.csv")
     assert len(f32) == len(f64) == 64
     assert (f32.spikes.sum(), (f32.spikes == 4).sum(), (f32.spikes == 3).sum(), f64.spikes.sum()) == (255, 63, 1, 0)
     assert (f32.val_99.notna().sum(), f64.val_99.notna().sum(), f32.val_99.median(), f64.val_99.median()) == (51, 52, 2340, 2030)
     both = f32.val_99.notna() & f64.val_99.notna()
-    assert (both.sum(), (f64.val_99 < f32.val_99)[both].sum(), (f64.val_99 > f32.val_99)[both].sum()) == (49, 31, 14)
-    stated = ("255 spikes in float32 (63 seeds 4 times, one 3 times), none in float64; 99% validation accuracy within "
-              "6,000 steps for 51 seeds in float32 and 52 in float64, at medians of 2,340 and 2,030 steps (of the 49 seeds "
-              "that got there in both, sooner in float64 for 31, later for 14, at the same step for 4)")
-    assert stated in prose("nanda2023/progress_measures.ipynb")
+    sooner, later, same = ((f64.val_99 < f32.val_99)[both].sum(), (f64.val_99 > f32.val_99)[both].sum(), (f64.val_99 == f32.val_99)[both].sum())
+    assert (both.sum(), sooner, later, same) == (49, 31, 14, 4)
+    assert_stated(
+        "nanda2023/progress_measures.ipynb",
+        ("255 spikes in float32 (63 seeds 4 times, one 3 times), none in float64; 99% validation accuracy within "
+         "6,000 steps for 51 seeds in float32 and 52 in float64, at medians of 2,340 and 2,030 steps (of the 49 seeds "
+         "that got there in both, sooner in float64 for 31, later for 14, at the same step for 4)"),
+    )
