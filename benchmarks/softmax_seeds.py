@@ -14,7 +14,7 @@ float32 (grokcore's ``cross_entropy``) and once in float64 (``cross_entropy_fp64
 al.'s code takes it), with exact float32 products on a GPU as on the CPU, and evaluated every 20
 steps. Per seed it records the training-loss spikes (``grokcore.measures.loss_spikes``), the
 lowest training loss, the first step at 99% validation accuracy, the best validation accuracy
-and the last layer's norm at the end; with ``--out`` the table goes to
+and the last layer's norm at the end, with its part common to every output; with ``--out`` the table goes to
 ``DIR/softmax_seeds_<setting>.csv`` (``softmax_seeds_<setting>_<steps>steps.csv`` with ``--steps``).
 """
 
@@ -45,21 +45,23 @@ def settings(seeds: int, steps: int | None) -> dict[str, gc.RunConfig]:
         model=gc.Transformer(n_layers=2, d_model=32, n_heads=4, d_mlp=128),
         optim=gc.AdamW(lr=1e-3, weight_decay=0.0, betas=(0.9, 0.98), warmup_steps=10, eps=1e-8),
         steps=steps or 5200, batch_size=512, max_batch_fraction=0.5,
-        seeds=seeds, eval_every=20, checkpoints=0, track_norms=("unembed",),
+        seeds=seeds, eval_every=20, checkpoints=2, track_norms=("unembed",),
     )
     nanda = gc.RunConfig(
         name="softmax-seeds-nanda",
         task=gc.AlgorithmicTask(op="x+y", p=31, train_fraction=0.5, op_token=False),
         model=gc.Transformer(n_layers=1, d_model=64, n_heads=4, d_mlp=256, norm="none", bias="mlp", init="nanda"),
         optim=gc.AdamW(lr=3e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10),
-        steps=steps or 6000, batch_size=None, seeds=seeds, eval_every=20, checkpoints=0, track_norms=("unembed",),
+        steps=steps or 6000, batch_size=None, seeds=seeds, eval_every=20, checkpoints=2, track_norms=("unembed",),
     )
     return {"thilak": thilak, "nanda": nanda}
 
 
-def per_seed(history: pd.DataFrame) -> pd.DataFrame:
+def per_seed(run: gc.Run) -> pd.DataFrame:
     """One row per seed: its spikes, the first of them, its lowest training loss, its step to 99%,
-    its best validation accuracy and its last layer's norm at the end."""
+    its best validation accuracy, its last layer's norm at the end and that layer's two parts
+    then (``grokcore.measures.common_output_split``: common to every output, and the rest)."""
+    history = run.history
     spikes = gc.measures.loss_spikes(history)
     out = gc.measures.grokking_delays(history)[["member", "seed", "val_step"]].set_index("member")
     out["spikes"] = spikes.groupby("member").size().reindex(out.index, fill_value=0)
@@ -68,6 +70,8 @@ def per_seed(history: pd.DataFrame) -> pd.DataFrame:
     out["min_train_loss"] = by_member.train_loss.min()
     out["best_val_acc"] = by_member.val_acc.max()
     out["final_norm"] = by_member.norm_unembed.last()
+    parts = [gc.measures.common_output_split(run.model(member=m).unembed.weight) for m in out.index]
+    out["final_common"], out["final_rest"] = zip(*parts)
     return out.rename(columns={"val_step": "val_99"}).reset_index(drop=True)
 
 
@@ -105,7 +109,7 @@ def main() -> None:
         for name, loss in LOSSES.items():
             t0 = time.perf_counter()
             run = gc.train(config.replace(task=config.task.replace(loss=loss)), root=root, progress=False, precision="fp32")
-            tables.append(per_seed(run.history).assign(softmax=name))
+            tables.append(per_seed(run).assign(softmax=name))
             print(f"{setting}, softmax in {name}: {time.perf_counter() - t0:.0f} s", flush=True)
         table = pd.concat(tables, ignore_index=True)
         print(f"{setting}:\n{summary(table)}", flush=True)

@@ -50,7 +50,12 @@ def test_the_spike_needs_the_float32_softmax(tmp_path):
     class stops pulling on the weights (Prieto et al. 2025, arXiv:2501.04697: softmax collapse).
     With the softmax in float64, as Nanda et al.'s code takes it, two seeds of the run above
     fall more than ten times lower and neither spikes; in float32 both spike (measured: at steps
-    1160 and 1180, from losses of 2-3e-8; in float64 the lowest losses were 1.6-1.7e-9)."""
+    1160 and 1180, from losses of 2-3e-8; in float64 the lowest losses were 1.6-1.7e-9).
+
+    What float32 adds to the last layer lies along the direction no softmax sees: the part
+    common to every output (its mean row) grows in float32 (measured: 1.5 and 1.4 at the start,
+    4.0 and 4.2 at the end) and not in float64 (1.5 and 1.4 throughout), while the rest ends
+    alike (11.5 and 11.2 against 11.7 and 11.4)."""
     runs = {}
     for loss in ("cross_entropy", "cross_entropy_fp64"):
         config = gc.RunConfig(
@@ -61,9 +66,19 @@ def test_the_spike_needs_the_float32_softmax(tmp_path):
             steps=1300,
             seeds=2,
             eval_every=20,
-            checkpoints=0,
+            checkpoints=2,  # the first and the last network
         )
-        runs[loss] = gc.train(config, root=tmp_path, progress=False).history
+        runs[loss] = gc.train(config, root=tmp_path, progress=False)
+    parts = {
+        loss: np.array([[gc.measures.common_output_split(run.model(step, member=m).unembed.weight) for m in (0, 1)]
+                        for step in (0, None)])  # [start/end, member, common/rest]
+        for loss, run in runs.items()
+    }
+    f32, f64 = parts["cross_entropy"], parts["cross_entropy_fp64"]
+    assert (f32[1, :, 0] > 2 * f32[0, :, 0]).all(), f32
+    assert (abs(f64[1, :, 0] - f64[0, :, 0]) < 0.1 * f64[0, :, 0]).all(), f64
+    assert (abs(f32[1, :, 1] - f64[1, :, 1]) < 0.1 * f64[1, :, 1]).all(), (f32, f64)
+    runs = {loss: run.history for loss, run in runs.items()}
     spiked = {loss: set(gc.measures.loss_spikes(h)["member"]) for loss, h in runs.items()}
     assert spiked == {"cross_entropy": {0, 1}, "cross_entropy_fp64": set()}, spiked
     lowest = {loss: h.groupby("member")["train_loss"].min() for loss, h in runs.items()}
