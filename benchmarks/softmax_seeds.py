@@ -4,7 +4,7 @@ Not in CI; 64 seeds of both settings took 46 s on an H200, 8 take about 13 minut
 
     python benchmarks/softmax_seeds.py --out DIR   # 64 seeds of each setting (a GPU)
     OMP_NUM_THREADS=2 python benchmarks/softmax_seeds.py --seeds 8 --out book/thilak2022   # the chapters' tables
-    OMP_NUM_THREADS=2 python benchmarks/softmax_seeds.py --settings thilak --seeds 2 --steps 40000   # a long run (4 minutes a softmax)
+    OMP_NUM_THREADS=2 python benchmarks/softmax_seeds.py --settings thilak --seeds 2 --steps 40000   # a long run (4-5 minutes a softmax)
     OMP_NUM_THREADS=2 python benchmarks/softmax_seeds.py --seeds 2 --steps 300   # a short CPU check
 
 Two of the book's `cpu` settings: Thilak et al.'s (Adam without weight decay, eps 1e-8, x/y mod
