@@ -7,7 +7,7 @@ from grokcore.config import AdamW, ConfigError, RunConfig, lr_weight_decay_grid 
 from grokcore.models import ModularMLP, SumEmbeddingMLP, Transformer  # noqa: E402
 from grokcore.runs import Run, load  # noqa: E402
 from grokcore.tasks import OPS, POWER_OPS, AlgorithmicTask, ToyAddition  # noqa: E402
-from grokcore.train import train  # noqa: E402
+from grokcore.train import trace_output_layer, train  # noqa: E402
 from grokcore import measures, models, plots  # noqa: E402
 
 __all__ = [
@@ -27,5 +27,6 @@ __all__ = [
     "measures",
     "models",
     "plots",
+    "trace_output_layer",
     "train",
 ]

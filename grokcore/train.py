@@ -47,6 +47,7 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from grokcore.config import AdamW, ConfigError, RunConfig, in_module
+from grokcore.measures.weights import common_output_split
 from grokcore.optim import EnsembleAdamW
 from grokcore.runs import (
     Run,
@@ -787,18 +788,88 @@ def train(
     if (path / "DONE").exists():
         _check_same_precision(path, precision, dev, finished=True)
         return Run(path)
+    with _matmul_precision(precision), exclusive(path):
+        if not (path / "DONE").exists():  # another process may have finished it since our first look
+            if (path / "state.pt").exists():
+                _check_same_precision(path, precision, dev, finished=False)
+            trainer = Trainer(config, dev, cuda_graphs=cuda_graphs, torch_compile=torch_compile, precision=precision)
+            _fit(trainer, path, until=until, progress=mode, save_every_s=save_every_s)
+    return Run(path)
+
+
+@contextlib.contextmanager
+def _matmul_precision(precision: str):
+    """torch's process-wide TF32 switch set for ``precision`` (bf16 too: its evaluations'
+    products), and restored after."""
     previous_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"  # bf16 too: its evaluations' products
+    torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
     try:
-        with exclusive(path):
-            if not (path / "DONE").exists():  # another process may have finished it since our first look
-                if (path / "state.pt").exists():
-                    _check_same_precision(path, precision, dev, finished=False)
-                trainer = Trainer(config, dev, cuda_graphs=cuda_graphs, torch_compile=torch_compile, precision=precision)
-                _fit(trainer, path, until=until, progress=mode, save_every_s=save_every_s)
+        yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous_tf32
-    return Run(path)
+
+
+def trace_output_layer(
+    config: RunConfig,
+    *,
+    every: int = 50,
+    layer: str = "unembed",
+    device: str | torch.device = "auto",
+    precision: str = "tf32",
+):
+    """Train ``config`` afresh, storing nothing, and record every ``every`` steps how each
+    member's output layer splits into the part common to every output, which no softmax sees,
+    and the rest (:func:`~grokcore.measures.common_output_split`): of its weights, of the
+    gradient of the step just taken, and of the step itself (Adam's update, weight decay
+    included). The step's parts are fractions of a full-sized step, each weight moved by its
+    learning rate, all one way; Adam's division by each weight's own running gradient size
+    can make a consistent but tiny gradient move weights that far. The run store keeps
+    neither gradients nor steps: this trains again, with the run's own trainer, to see them.
+
+    Returns a DataFrame: member, the member's seed and swept values, step, then
+    ``{weight,gradient,step}_{common,rest}``. ``layer`` names one (outputs, width) weight
+    (``"unembed"``: the transformers' last layer). The gradient is read back from Adam's
+    first moment, which the step moved a (1 - beta1) part of the way to it."""
+    import pandas as pd  # a notebook-side table; the training loop itself needs no pandas
+
+    if not isinstance(config, RunConfig):
+        raise ConfigError(f"config = {type(config).__name__} is not allowed: must be a grokcore.RunConfig")
+    if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
+        raise ConfigError(f"every = {every!r} is not allowed: must be a whole number of steps >= 1")
+    check_precision(precision)
+    dev = resolve_device(device)
+    with _matmul_precision(precision):
+        trainer = Trainer(config, dev, precision=precision)
+        named = dict(trainer.base.named_parameters())
+        (lo, hi), *more = trainer.columns(layer, "layer")
+        shape = next(p.shape for name, p in named.items() if in_module(name, layer))
+        if more or len(shape) != 2:
+            raise ConfigError(f"layer = {layer!r} is not allowed: it must name one (outputs, width) weight, "
+                              f"and names {[name for name in named if in_module(name, layer)]}")
+        beta1 = trainer.opt.beta1
+        swept = ["seed", *config.sweep]
+        rows = []
+        for step in range(1, config.steps + 1):
+            traced = step % every == 0 or step == config.steps
+            if traced:
+                weights = trainer.flat.detach()[:, lo:hi].clone()
+                moment = trainer.opt.exp_avg[:, lo:hi].clone()
+                lr = trainer.opt.lr_now().expand_as(trainer.flat)[:, lo:hi]
+            trainer.train_step()
+            if not traced:
+                continue
+            after = trainer.flat.detach()[:, lo:hi]
+            gradient = (trainer.opt.exp_avg[:, lo:hi] - beta1 * moment) / (1 - beta1)
+            for k, member in enumerate(trainer.members):
+                full = lr[k].double().norm().item() or math.nan  # 0 at the warm-up's first step
+                parts = {"weight": after[k], "gradient": gradient[k], "step": after[k] - weights[k]}
+                row = {"member": k, **{key: member[key] for key in swept}, "step": step}
+                for part, values in parts.items():
+                    common, rest = common_output_split(values.reshape(shape))
+                    scale = full if part == "step" else 1.0
+                    row[f"{part}_common"], row[f"{part}_rest"] = common / scale, rest / scale
+                rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _fit(trainer: Trainer, path: Path, *, until: int | None, progress: str, save_every_s: float) -> None:

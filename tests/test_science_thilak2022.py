@@ -83,3 +83,33 @@ def test_the_spike_needs_the_float32_softmax(tmp_path):
     assert spiked == {"cross_entropy": {0, 1}, "cross_entropy_fp64": set()}, spiked
     lowest = {loss: h.groupby("member")["train_loss"].min() for loss, h in runs.items()}
     assert (lowest["cross_entropy_fp64"] * 10 < lowest["cross_entropy"]).all(), lowest
+
+
+def test_adam_turns_float32s_rounding_into_steps_that_no_softmax_sees():
+    """Why the part common to every output grows (the test above), step by step
+    (gc.trace_output_layer): in float32 the last layer's gradient gains a common part as large
+    as the rest once the loss is tiny, and with a small epsilon Adam makes it a step a sizeable
+    fraction of full size (measured: common / rest up to 1.7, the step's common part 0.23 of a
+    full step at step 1120, just before the spike). In float64 the gradient's common part is
+    rounding (1e-7 of the rest); at epsilon 1e-4 float32's is 7e-3 of the rest, but the step's
+    common part stays near 1e-5 of full."""
+    traces = {}
+    for loss in ("cross_entropy", "cross_entropy_fp64"):
+        config = gc.RunConfig(
+            name="science-adam-steps",
+            task=gc.AlgorithmicTask(op="x+y", p=31, train_fraction=0.5, op_token=False, loss=loss),
+            model=gc.Transformer(n_layers=1, d_model=64, n_heads=4, d_mlp=256, norm="none", bias="mlp", init="nanda"),
+            optim=gc.AdamW(lr=3e-3, weight_decay=0.0),
+            steps=1150,  # up to the spike (at step 1160 in float32)
+            sweep={"eps": [1e-8, 1e-4]},
+        )
+        trace = gc.trace_output_layer(config, every=10, device="cpu")
+        trace["ratio"] = trace.gradient_common / trace.gradient_rest
+        traces[loss] = {eps: t[t.step > 200] for eps, t in trace.groupby("eps")}  # after the fit's big steps
+    f32, f64 = traces["cross_entropy"], traces["cross_entropy_fp64"]
+    for eps in (1e-8, 1e-4):
+        assert f64[eps].ratio.max() < 1e-6, f64[eps].ratio.max()
+    assert f32[1e-8].ratio.max() > 0.5, f32[1e-8].ratio.max()
+    assert f32[1e-8].step_common.max() > 0.1, f32[1e-8].step_common.max()
+    assert f32[1e-8].step_common.max() > 100 * f64[1e-8].step_common.max()
+    assert f32[1e-4].ratio.iloc[-1] > 1e-3 and f32[1e-4].step_common.max() < 1e-3, f32[1e-4].tail()

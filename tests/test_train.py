@@ -82,6 +82,60 @@ def test_single_member_equals_torch_adamw():
     assert torch.allclose(trainer.flat.detach()[0], expected, atol=2e-5, rtol=1e-4)
 
 
+def test_trace_output_layer_splits_gradient_and_step_as_plain_torch_does():
+    """gc.trace_output_layer against nn.Module + torch.optim.AdamW, the split done by hand: the
+    mean row over the outputs, added back to every output, and the rest; the step's parts as
+    fractions of lr * sqrt(the layer's size). Two members with different eps, full batch."""
+    config = small_config(steps=12, sweep={"eps": [1e-8, 1e-3]}, optim=gc.AdamW(lr=3e-3, weight_decay=0.5, warmup_steps=2))
+    trace = gc.trace_output_layer(config, every=4, device="cpu").set_index(["member", "step"])
+    assert list(trace.index.get_level_values("step").unique()) == [4, 8, 12]
+
+    def split(matrix):  # plain Python: the norm of the mean row repeated on every row, and of the rest
+        rows = matrix.tolist()
+        mean = [sum(column) / len(rows) for column in zip(*rows)]
+        common = math.sqrt(len(rows) * sum(x * x for x in mean))
+        rest = math.sqrt(sum((x - m) ** 2 for row in rows for x, m in zip(row, mean)))
+        return common, rest
+
+    inputs, targets = config.task.examples()
+    for k, member in enumerate(config.members()):
+        model = build_member(config, member)
+        opt = torch.optim.AdamW(model.parameters(), lr=member["lr"], betas=config.optim.betas, eps=member["eps"],
+                                weight_decay=member["weight_decay"])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, t / 2))
+        train_idx, _ = config.task.member_split(member)
+        weight = model.unembed.weight
+        full = 3e-3 * math.sqrt(weight.numel())
+        for step in range(1, 13):
+            before = weight.detach().clone()
+            loss = F.cross_entropy(model(inputs[train_idx]), targets[train_idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % 4:
+                continue
+            row = trace.loc[(k, step)]
+            assert row.eps == member["eps"] and row.seed == member["seed"]
+            expected = {"weight": split(weight.detach()), "gradient": split(weight.grad),
+                        "step": [x / full for x in split(weight.detach() - before)]}
+            for part, (common, rest) in expected.items():
+                # A float32 gradient's common part is rounding (1e-8 here): judged against the whole.
+                tolerance = 1e-4 * math.hypot(common, rest)
+                assert row[f"{part}_common"] == pytest.approx(common, abs=tolerance), (k, step, part)
+                assert row[f"{part}_rest"] == pytest.approx(rest, abs=tolerance), (k, step, part)
+
+
+def test_trace_output_layer_refuses_bad_input_before_training():
+    config = small_config()
+    with pytest.raises(gc.ConfigError, match=r"every = 0 is not allowed"):
+        gc.trace_output_layer(config, every=0)
+    with pytest.raises(gc.ConfigError, match=r"layer = 'blocks.0' is not allowed: it must name one \(outputs, width\) weight"):
+        gc.trace_output_layer(config, layer="blocks.0")
+    with pytest.raises(gc.ConfigError, match=r"layer prefix 'nope' matches no parameter"):
+        gc.trace_output_layer(config, layer="nope")
+
+
 def test_parameter_groups_and_swept_eps_equal_torch_adamw_with_param_groups():
     """Liu et al.'s separate embedding learning rate (``optim.groups``) and a swept epsilon
     against torch's AdamW with two parameter groups and that epsilon."""
