@@ -816,6 +816,7 @@ def trace_output_layer(
     layer: str = "unembed",
     device: str | torch.device = "auto",
     precision: str = "tf32",
+    progress: bool | None = None,
 ):
     """Train ``config`` afresh, storing nothing, and record every ``every`` steps how each
     member's output layer splits into the part common to every output, which no softmax sees,
@@ -829,16 +830,21 @@ def trace_output_layer(
     Returns a DataFrame: member, the member's seed and swept values, step, then
     ``{weight,gradient,step}_{common,rest}``. ``layer`` names one (outputs, width) weight
     (``"unembed"``: the transformers' last layer). The gradient is read back from Adam's
-    first moment, which the step moved a (1 - beta1) part of the way to it."""
+    first moment, which the step moved a (1 - beta1) part of the way to it. Every member
+    trains every step (``stop_at`` stops none), and ``device``, ``precision`` and
+    ``progress`` are as for :func:`train`."""
     import pandas as pd  # a notebook-side table; the training loop itself needs no pandas
 
     if not isinstance(config, RunConfig):
         raise ConfigError(f"config = {type(config).__name__} is not allowed: must be a grokcore.RunConfig")
     if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
         raise ConfigError(f"every = {every!r} is not allowed: must be a whole number of steps >= 1")
+    if not (isinstance(progress, bool) or progress is None):
+        raise ConfigError(f"progress = {progress!r} is not allowed: must be True or False, or None (decided for you)")
     check_precision(precision)
+    mode = _progress_mode(progress)
     dev = resolve_device(device)
-    with _matmul_precision(precision):
+    with _matmul_precision(precision), contextlib.ExitStack() as stack:
         trainer = Trainer(config, dev, precision=precision)
         named = dict(trainer.base.named_parameters())
         (lo, hi), *more = trainer.columns(layer, "layer")
@@ -849,6 +855,11 @@ def trace_output_layer(
         beta1 = trainer.opt.beta1
         swept = ["seed", *config.sweep]
         rows = []
+        what, logged_at, t0 = f"tracing {config.run_name}", -math.inf, time.perf_counter()
+        if mode == "bar":
+            from tqdm.auto import tqdm
+
+            bar = stack.enter_context(tqdm(total=config.steps, desc=what, unit="step", leave=False))
         for step in range(1, config.steps + 1):
             traced = step % every == 0 or step == config.steps
             if traced:
@@ -869,6 +880,13 @@ def trace_output_layer(
                     scale = full if part == "step" else 1.0
                     row[f"{part}_common"], row[f"{part}_rest"] = common / scale, rest / scale
                 rows.append(row)
+            if mode == "bar":
+                bar.update(step - bar.n)
+            elif mode == "log" and time.perf_counter() - logged_at >= LOG_EVERY_S:
+                logged_at = time.perf_counter()
+                seconds = logged_at - t0
+                print(f"{what}: step {step:,} of {config.steps:,} ({seconds:.0f} s{_time_left(step, seconds, config.steps - step)})",
+                      file=sys.__stderr__ or sys.stderr, flush=True)
     return pd.DataFrame(rows)
 
 

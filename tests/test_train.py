@@ -130,6 +130,8 @@ def test_trace_output_layer_refuses_bad_input_before_training():
     config = small_config()
     with pytest.raises(gc.ConfigError, match=r"every = 0 is not allowed"):
         gc.trace_output_layer(config, every=0)
+    with pytest.raises(gc.ConfigError, match=r"progress = 'yes' is not allowed"):
+        gc.trace_output_layer(config, progress="yes")
     with pytest.raises(gc.ConfigError, match=r"layer = 'blocks.0' is not allowed: it must name one \(outputs, width\) weight"):
         gc.trace_output_layer(config, layer="blocks.0")
     with pytest.raises(gc.ConfigError, match=r"layer prefix 'nope' matches no parameter"):
