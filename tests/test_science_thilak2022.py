@@ -13,15 +13,24 @@ import grokcore as gc
 pytestmark = pytest.mark.science
 
 
+def slingshot_config(name: str, loss: str = "cross_entropy", **changes) -> gc.RunConfig:
+    """The setting of this file's tests: Nanda et al.'s one-layer transformer on x + y mod 31,
+    Adam (lr 3e-3) without weight decay, full batch."""
+    return gc.RunConfig(
+        name=name,
+        task=gc.AlgorithmicTask(op="x+y", p=31, train_fraction=0.5, op_token=False, loss=loss),
+        model=gc.Transformer(n_layers=1, d_model=64, n_heads=4, d_mlp=256, norm="none", bias="mlp", init="nanda"),
+        optim=gc.AdamW(lr=3e-3, weight_decay=0.0),
+        **changes,
+    )
+
+
 def test_thilak_slingshot_loss_spike_with_a_norm_burst_only_at_small_epsilon(tmp_path):
     """Thilak et al. 2022, Fig. 2 and 4: with Adam and no weight decay, once the training loss
     is tiny the last layer's norm grows fast, the training loss spikes, and the norm stalls.
     A large epsilon suppresses the cycle."""
-    config = gc.RunConfig(
-        name="science-slingshot",
-        task=gc.AlgorithmicTask(op="x+y", p=31, train_fraction=0.5, op_token=False),
-        model=gc.Transformer(n_layers=1, d_model=64, n_heads=4, d_mlp=256, norm="none", bias="mlp", init="nanda"),
-        optim=gc.AdamW(lr=3e-3, weight_decay=0.0),
+    config = slingshot_config(
+        "science-slingshot",
         steps=1400,
         sweep={"eps": [1e-8, 1e-4]},
         eval_every=20,
@@ -58,11 +67,9 @@ def test_the_spike_needs_the_float32_softmax(tmp_path):
     alike (11.5 and 11.2 against 11.7 and 11.4)."""
     runs = {}
     for loss in ("cross_entropy", "cross_entropy_fp64"):
-        config = gc.RunConfig(
-            name="science-softmax",
-            task=gc.AlgorithmicTask(op="x+y", p=31, train_fraction=0.5, op_token=False, loss=loss),
-            model=gc.Transformer(n_layers=1, d_model=64, n_heads=4, d_mlp=256, norm="none", bias="mlp", init="nanda"),
-            optim=gc.AdamW(lr=3e-3, weight_decay=0.0, eps=1e-8),
+        config = slingshot_config(
+            "science-softmax",
+            loss,
             steps=1300,
             seeds=2,
             eval_every=20,
@@ -95,11 +102,9 @@ def test_adam_turns_float32s_rounding_into_steps_that_no_softmax_sees():
     common part stays near 1e-5 of full."""
     traces = {}
     for loss in ("cross_entropy", "cross_entropy_fp64"):
-        config = gc.RunConfig(
-            name="science-adam-steps",
-            task=gc.AlgorithmicTask(op="x+y", p=31, train_fraction=0.5, op_token=False, loss=loss),
-            model=gc.Transformer(n_layers=1, d_model=64, n_heads=4, d_mlp=256, norm="none", bias="mlp", init="nanda"),
-            optim=gc.AdamW(lr=3e-3, weight_decay=0.0),
+        config = slingshot_config(
+            "science-adam-steps",
+            loss,
             steps=1150,  # up to the spike (at step 1160 in float32)
             sweep={"eps": [1e-8, 1e-4]},
         )
