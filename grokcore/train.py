@@ -827,12 +827,14 @@ def trace_output_layer(
     can make a consistent but tiny gradient move weights that far. The run store keeps
     neither gradients nor steps: this trains again, with the run's own trainer, to see them.
 
-    Returns a DataFrame: member, the member's seed and swept values, step, then
-    ``{weight,gradient,step}_{common,rest}``. ``layer`` names one (outputs, width) weight
-    (``"unembed"``: the transformers' last layer). The gradient is read back from Adam's
-    first moment, which the step moved a (1 - beta1) part of the way to it. Every member
-    trains every step (``stop_at`` stops none), and ``device``, ``precision`` and
-    ``progress`` are as for :func:`train`."""
+    Returns a DataFrame: member, the member's seed and swept values, step, the training loss
+    after the step (this run's own: on a GPU a run drifts from a stored run of the same
+    config), then ``{weight,gradient,step}_{common,rest}``. ``layer`` names one (outputs,
+    width) weight (``"unembed"``: the transformers' last layer). The gradient is read back
+    from Adam's first moment, which the step moved a (1 - beta1) part of the way to it; in
+    float32 that resolves a common part down to about 1e-7 of the rest. Every member trains
+    every step (``stop_at`` stops none), and ``device``, ``precision`` and ``progress`` are
+    as for :func:`train`."""
     import pandas as pd  # a notebook-side table; the training loop itself needs no pandas
 
     if not isinstance(config, RunConfig):
@@ -851,7 +853,8 @@ def trace_output_layer(
         shape = next(p.shape for name, p in named.items() if in_module(name, layer))
         if more or len(shape) != 2:
             raise ConfigError(f"layer = {layer!r} is not allowed: it must name one (outputs, width) weight, "
-                              f"and names {[name for name in named if in_module(name, layer)]}")
+                              f"and names {[name for name in named if in_module(name, layer)]} (name the weight itself, "
+                              f"e.g. {layer + '.weight'!r})")
         beta1 = trainer.opt.beta1
         swept = ["seed", *config.sweep]
         rows = []
@@ -871,10 +874,11 @@ def trace_output_layer(
                 continue
             after = trainer.flat.detach()[:, lo:hi]
             gradient = (trainer.opt.exp_avg[:, lo:hi] - beta1 * moment) / (1 - beta1)
+            losses = trainer.evaluate()[:, METRICS.index("train_loss")].tolist()
             for k, member in enumerate(trainer.members):
                 full = lr[k].double().norm().item() or math.nan  # 0 at the warm-up's first step
                 parts = {"weight": after[k], "gradient": gradient[k], "step": after[k] - weights[k]}
-                row = {"member": k, **{key: member[key] for key in swept}, "step": step}
+                row = {"member": k, **{key: member[key] for key in swept}, "step": step, "train_loss": losses[k]}
                 for part, values in parts.items():
                     common, rest = common_output_split(values.reshape(shape))
                     scale = full if part == "step" else 1.0

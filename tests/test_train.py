@@ -85,7 +85,8 @@ def test_single_member_equals_torch_adamw():
 def test_trace_output_layer_splits_gradient_and_step_as_plain_torch_does():
     """gc.trace_output_layer against nn.Module + torch.optim.AdamW, the split done by hand: the
     mean row over the outputs, added back to every output, and the rest; the step's parts as
-    fractions of lr * sqrt(the layer's size). Two members with different eps, full batch."""
+    fractions of lr * sqrt(the layer's size); the training loss after the step. Two members
+    with different eps, full batch."""
     config = small_config(steps=12, sweep={"eps": [1e-8, 1e-3]}, optim=gc.AdamW(lr=3e-3, weight_decay=0.5, warmup_steps=2))
     trace = gc.trace_output_layer(config, every=4, device="cpu").set_index(["member", "step"])
     assert list(trace.index.get_level_values("step").unique()) == [4, 8, 12]
@@ -117,6 +118,9 @@ def test_trace_output_layer_splits_gradient_and_step_as_plain_torch_does():
                 continue
             row = trace.loc[(k, step)]
             assert row.eps == member["eps"] and row.seed == member["seed"]
+            with torch.no_grad():
+                after = F.cross_entropy(model(inputs[train_idx]), targets[train_idx]).item()
+            assert row.train_loss == pytest.approx(after, rel=1e-4), (k, step)
             expected = {"weight": split(weight.detach()), "gradient": split(weight.grad),
                         "step": [x / full for x in split(weight.detach() - before)]}
             for part, (common, rest) in expected.items():
