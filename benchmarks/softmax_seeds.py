@@ -4,6 +4,7 @@ Not in CI; 64 seeds of both settings took 46 s on an H200, 8 take about 13 minut
 
     python benchmarks/softmax_seeds.py --out DIR   # 64 seeds of each setting (a GPU)
     OMP_NUM_THREADS=2 python benchmarks/softmax_seeds.py --seeds 8 --out book/thilak2022   # the chapters' tables
+    OMP_NUM_THREADS=2 python benchmarks/softmax_seeds.py --settings thilak --seeds 8 --trace --out book/thilak2022   # the Thilak table with Adam's steps
     OMP_NUM_THREADS=2 python benchmarks/softmax_seeds.py --settings thilak --seeds 2 --steps 40000   # a long run (4-5 minutes a softmax)
     OMP_NUM_THREADS=2 python benchmarks/softmax_seeds.py --seeds 2 --steps 300   # a short CPU check
 
@@ -14,7 +15,10 @@ float32 (grokcore's ``cross_entropy``) and once in float64 (``cross_entropy_fp64
 al.'s code takes it), with exact float32 products on a GPU as on the CPU, and evaluated every 20
 steps. Per seed it records the training-loss spikes (``grokcore.measures.loss_spikes``), the
 lowest training loss, the first step at 99% validation accuracy, the best validation accuracy
-and the last layer's norm at the end, with its part common to every output; with ``--out`` the table goes to
+and the last layer's norm at the end, with its part common to every output (``--trace``: and, from
+``gc.trace_output_layer``, while the training loss is below 1e-6, the median ratio of the last
+layer's gradient's common part to the rest and the median and largest common part of Adam's
+step, as a fraction of a full step); with ``--out`` the table goes to
 ``DIR/softmax_seeds_<setting>.csv`` (``softmax_seeds_<setting>_<steps>steps.csv`` with ``--steps``).
 """
 
@@ -75,6 +79,22 @@ def per_seed(run: gc.Run) -> pd.DataFrame:
     return out.rename(columns={"val_step": "val_99"}).reset_index(drop=True)
 
 
+def traced(config: gc.RunConfig) -> pd.DataFrame:
+    """Per seed, from ``gc.trace_output_layer`` at the traced steps (every evaluation's) where
+    the training loss was below 1e-6: the median ratio of the common part of the last layer's
+    gradient to the rest, and the median and largest common part of Adam's step, a fraction of
+    a full step."""
+    trace = gc.trace_output_layer(config, every=config.eval_every, precision="fp32", progress=False)
+    trace["ratio"] = trace.gradient_common / trace.gradient_rest
+    tiny = trace[trace.train_loss < 1e-6].groupby("seed")
+    out = pd.DataFrame({
+        "tiny_loss_gradient_ratio": tiny.ratio.median(),
+        "tiny_loss_step_common_median": tiny.step_common.median(),
+        "tiny_loss_step_common_max": tiny.step_common.max(),
+    })
+    return out.reindex(sorted(trace.seed.unique())).rename_axis("seed").reset_index()
+
+
 def summary(table: pd.DataFrame) -> str:
     """Seeds with spikes, spikes in all, the lowest losses and steps to 99%, both softmaxes side by side."""
     lines = []
@@ -98,6 +118,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="steps instead of the settings' 5,200 (Thilak) and 6,000 (Nanda)")
     parser.add_argument("--out", type=Path, help="write softmax_seeds_<setting>[_<steps>steps].csv here")
     parser.add_argument("--settings", nargs="+", choices=["thilak", "nanda"], default=["thilak", "nanda"])
+    parser.add_argument("--trace", action="store_true", help="also trace Adam's steps on the last layer (trains each softmax again)")
     args = parser.parse_args()
     if args.seeds < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--seeds and --steps must be at least 1")
@@ -109,7 +130,10 @@ def main() -> None:
         for name, loss in LOSSES.items():
             t0 = time.perf_counter()
             run = gc.train(config.replace(task=config.task.replace(loss=loss)), root=root, progress=False, precision="fp32")
-            tables.append(per_seed(run).assign(softmax=name))
+            table = per_seed(run)
+            if args.trace:
+                table = table.merge(traced(run.config), on="seed", how="left")
+            tables.append(table.assign(softmax=name))
             print(f"{setting}, softmax in {name}: {time.perf_counter() - t0:.0f} s", flush=True)
         table = pd.concat(tables, ignore_index=True)
         print(f"{setting}:\n{summary(table)}", flush=True)

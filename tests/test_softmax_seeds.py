@@ -71,6 +71,30 @@ def test_the_thilak_chapter_states_what_the_8_seed_table_holds():
     )
 
 
+def test_the_thilak_chapter_states_what_the_8_seed_trace_holds():
+    """The table's --trace columns: Adam's step along the part of the last layer common to every
+    output, while the training loss is below 1e-6, in each softmax."""
+    f32, f64 = by_softmax("softmax_seeds_thilak.csv")
+
+    def span(values, fmt):  # as the prose writes them: 6.8e-8, not 6.8e-08
+        return " to ".join(f"{v:{fmt}}".replace("e-0", "e-") for v in (values.min(), values.max()))
+
+    assert (f64.tiny_loss_gradient_ratio < 1e-6).all() and (f32.tiny_loss_gradient_ratio > 0.1).all()
+    assert (f32.tiny_loss_step_common_max > 0.1).all()
+    ratio = f32.tiny_loss_step_common_median / f64.tiny_loss_step_common_median
+    assert f"{ratio.min():.0f}" == "99" and ratio.min() >= 98
+    assert_stated(
+        "thilak2022/slingshot.ipynb",
+        f"float32's gradient had a common part of a median {span(f32.tiny_loss_gradient_ratio, '.2f')} of the rest",
+        f"Adam's step along it reached {span(f32.tiny_loss_step_common_max, '.2f')} of a full step "
+        f"(medians {f32.tiny_loss_step_common_median.min():.4f} to {f32.tiny_loss_step_common_median.max():.3f})",
+        f"in float64 the gradient's common part was {span(f64.tiny_loss_gradient_ratio, '.1e')} of the rest, and the "
+        f"step's reached {f64.tiny_loss_step_common_max.min():.4f} to {f64.tiny_loss_step_common_max.max():.3f} "
+        f"(medians {span(f64.tiny_loss_step_common_median, '.1e')})",
+        "For every seed float32's median step along that part was at least 98 times float64's.",
+    )
+
+
 def test_the_thilak_chapter_states_what_the_40000_step_table_holds():
     f32, f64 = by_softmax("softmax_seeds_thilak_40000steps.csv")
     assert (list(f32.spikes), list(f64.spikes)) == ([4, 9], [0, 0])
