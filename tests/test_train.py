@@ -50,9 +50,10 @@ def small_config(**changes):
 MODELS = [gc.Transformer(n_layers=1, d_model=16, n_heads=2, d_mlp=32), gc.ModularMLP(width=24)]
 
 
-def plain_pytorch_trajectory(config, member, steps, groups=()):
+def plain_pytorch_steps(config, member, steps, groups=()):
     """The reference: nn.Module + torch.optim.AdamW + LambdaLR, full batch, as Nanda's trainer.
-    ``groups``: (parameter names, lr, weight decay) of torch's own parameter groups."""
+    ``groups``: (parameter names, lr, weight decay) of torch's own parameter groups. Yields
+    (step, model) after each step, the weights' ``.grad`` still that step's gradient."""
     model = build_member(config, member)
     params = dict(model.named_parameters())
     grouped = [{"params": [params.pop(name) for name in names], "lr": lr, "weight_decay": wd} for names, lr, wd in groups]
@@ -64,12 +65,18 @@ def plain_pytorch_trajectory(config, member, steps, groups=()):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, t / warmup))
     inputs, targets = config.task.examples()
     train_idx, _ = config.task.member_split(member)
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         loss = F.cross_entropy(model(inputs[train_idx]), targets[train_idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
+        yield step, model
+
+
+def plain_pytorch_trajectory(config, member, steps, groups=()):
+    """The reference's weights after ``steps`` steps."""
+    *_, (_, model) = plain_pytorch_steps(config, member, steps, groups)
     return flatten(model)
 
 
@@ -100,29 +107,21 @@ def test_trace_output_layer_splits_gradient_and_step_as_plain_torch_does():
 
     inputs, targets = config.task.examples()
     for k, member in enumerate(config.members()):
-        model = build_member(config, member)
-        opt = torch.optim.AdamW(model.parameters(), lr=member["lr"], betas=config.optim.betas, eps=member["eps"],
-                                weight_decay=member["weight_decay"])
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, t / 2))
         train_idx, _ = config.task.member_split(member)
-        weight = model.unembed.weight
-        full = 3e-3 * math.sqrt(weight.numel())
-        for step in range(1, 13):
-            before = weight.detach().clone()
-            loss = F.cross_entropy(model(inputs[train_idx]), targets[train_idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+        before = build_member(config, member).unembed.weight.detach()  # the weights before step 1
+        for step, model in plain_pytorch_steps(config, member, 12):
+            weight = model.unembed.weight
+            taken, before = weight.detach() - before, weight.detach().clone()
             if step % 4:
                 continue
+            full = 3e-3 * math.sqrt(weight.numel())
             row = trace.loc[(k, step)]
             assert row.eps == member["eps"] and row.seed == member["seed"]
             with torch.no_grad():
                 after = F.cross_entropy(model(inputs[train_idx]), targets[train_idx]).item()
             assert row.train_loss == pytest.approx(after, rel=1e-4), (k, step)
             expected = {"weight": split(weight.detach()), "gradient": split(weight.grad),
-                        "step": [x / full for x in split(weight.detach() - before)]}
+                        "step": [x / full for x in split(taken)]}
             for part, (common, rest) in expected.items():
                 # A float32 gradient's common part is rounding (1e-8 here): judged against the whole.
                 tolerance = 1e-4 * math.hypot(common, rest)
