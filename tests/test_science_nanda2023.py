@@ -72,8 +72,8 @@ def test_weight_decay_does_not_hold_back_adams_push_on_float32s_rounding():
     """The chapter's "What pushes the spikes": with AdamW and weight decay 1 (the chapter's cpu
     setting, up to just before its first float32 spike at step 1,460), float32's rounding gives
     the last layer's gradient a part common to every output as large as the rest (measured: up
-    to 0.83 of it), Adam makes it a step of up to 0.38 of a full-sized one, and the weights'
-    common part grows from 0.35 to 4.0 against weight decay's pull. In float64 that part of the
+    to 1.4 times it), Adam makes it a step of up to 0.38 of a full-sized one, and the weights'
+    common part grows from 0.34 to 4.0 against weight decay's pull. In float64 that part of the
     gradient is rounding (1e-7 of the rest), and weight decay shrinks the weights' common part."""
     traces = {}
     for loss in ("cross_entropy", "cross_entropy_fp64"):
@@ -90,12 +90,12 @@ def test_weight_decay_does_not_hold_back_adams_push_on_float32s_rounding():
         traces[loss] = trace[trace.step > 200]  # after the fit's big steps
     f32, f64 = traces["cross_entropy"], traces["cross_entropy_fp64"]
     assert f32.train_loss.iloc[-1] < 1e-6, "float32 spiked before the trace's end"  # the push comes before it
-    # While the training loss is tiny (measured: from step 1,000 in both).
+    # While the training loss is tiny (measured: from step 980 in both).
     tiny32, tiny64 = f32[f32.train_loss < 1e-6], f64[f64.train_loss < 1e-6]
     assert len(tiny32) >= 20 and len(tiny64) >= 20, (len(tiny32), len(tiny64))
     assert tiny64.ratio.max() < 1e-6, tiny64.ratio.max()
     assert tiny32.ratio.max() > 0.3, tiny32.ratio.max()
-    biggest = tiny32.step_common.max(), tiny64.step_common.max()  # measured 0.38 and 3.5e-3
+    biggest = tiny32.step_common.max(), tiny64.step_common.max()  # measured 0.38 and 3.7e-3
     assert biggest[0] > 0.1 and biggest[0] > 30 * biggest[1], biggest
     # Against weight decay: float32's common part grows to several times its low; float64's only shrinks.
     assert f32.weight_common.iloc[-1] > 5 * f32.weight_common.min(), f32.weight_common.describe()
