@@ -70,11 +70,12 @@ def test_nanda_grokked_network_uses_a_few_key_frequencies(nanda_run):
 
 def test_weight_decay_does_not_hold_back_adams_push_on_float32s_rounding():
     """The chapter's "What pushes the spikes": with AdamW and weight decay 1 (the chapter's cpu
-    setting, up to just before its first float32 spike at step 1,460), float32's rounding gives
-    the last layer's gradient a part common to every output as large as the rest (measured: up
-    to 1.4 times it), Adam makes it a step of up to 0.38 of a full-sized one, and the weights'
-    common part grows from 0.34 to 4.0 against weight decay's pull. In float64 that part of the
-    gradient is rounding (1e-7 of the rest), and weight decay shrinks the weights' common part."""
+    setting, up to 60 steps before its first float32 spike, at step 1,460), float32's rounding
+    gives the last layer's gradient a part common to every output as large as the rest
+    (measured: up to 1.1 times it), the update along it (weight decay's pull included) reaches
+    0.21 of a full-sized step, and the weights' common part grows from 0.34 to 2.4 against that
+    pull. In float64 that part of the gradient is rounding (1e-7 of the rest), and weight decay
+    shrinks the weights' common part."""
     traces = {}
     for loss in ("cross_entropy", "cross_entropy_fp64"):
         config = gc.RunConfig(
@@ -82,7 +83,7 @@ def test_weight_decay_does_not_hold_back_adams_push_on_float32s_rounding():
             task=gc.AlgorithmicTask(op="x+y", p=31, train_fraction=0.5, op_token=False, loss=loss),
             model=gc.Transformer(n_layers=1, d_model=64, n_heads=4, d_mlp=256, norm="none", bias="mlp", init="nanda"),
             optim=gc.AdamW(lr=3e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10),
-            steps=1440,
+            steps=1400,  # 60 steps before the first float32 spike
             batch_size=None,
         )
         trace = gc.trace_output_layer(config, every=10, device="cpu", progress=False)
@@ -95,8 +96,8 @@ def test_weight_decay_does_not_hold_back_adams_push_on_float32s_rounding():
     assert len(tiny32) >= 20 and len(tiny64) >= 20, (len(tiny32), len(tiny64))
     assert tiny64.ratio.max() < 1e-6, tiny64.ratio.max()
     assert tiny32.ratio.max() > 0.3, tiny32.ratio.max()
-    biggest = tiny32.step_common.max(), tiny64.step_common.max()  # measured 0.38 and 3.7e-3
-    assert biggest[0] > 0.1 and biggest[0] > 30 * biggest[1], biggest
+    biggest = tiny32.step_common.max(), tiny64.step_common.max()  # measured 0.21 and 3.7e-3
+    assert biggest[0] > 0.1 and biggest[0] > 20 * biggest[1], biggest
     # Against weight decay: float32's common part grows to several times its low; float64's only shrinks.
     assert f32.weight_common.iloc[-1] > 5 * f32.weight_common.min(), f32.weight_common.describe()
     assert f64.weight_common.iloc[-1] < 0.5 * f64.weight_common.iloc[0], f64.weight_common.iloc[[0, -1]]
