@@ -17,13 +17,23 @@ from grokcore.measures import fourier
 pytestmark = pytest.mark.science
 
 
+def nanda_config(name: str, optim: gc.AdamW, loss: str = "cross_entropy", **changes) -> gc.RunConfig:
+    """The setting of this file's runs: Nanda et al.'s one-layer transformer on x + y mod 31,
+    half of the pairs."""
+    return gc.RunConfig(
+        name=name,
+        task=gc.AlgorithmicTask(op="x+y", p=31, train_fraction=0.5, op_token=False, loss=loss),
+        model=gc.Transformer(n_layers=1, d_model=64, n_heads=4, d_mlp=256, norm="none", bias="mlp", init="nanda"),
+        optim=optim,
+        **changes,
+    )
+
+
 @pytest.fixture(scope="module")
 def nanda_run(tmp_path_factory):
-    config = gc.RunConfig(
-        name="science-nanda",
-        task=gc.AlgorithmicTask(op="x+y", p=31, train_fraction=0.5, op_token=False),
-        model=gc.Transformer(n_layers=1, d_model=64, n_heads=4, d_mlp=256, norm="none", bias="mlp", init="nanda"),
-        optim=gc.AdamW(lr=3e-3, weight_decay=1.0),
+    config = nanda_config(
+        "science-nanda",
+        gc.AdamW(lr=3e-3, weight_decay=1.0),
         steps=5000,  # grokking ends between steps 2000 and 4000, depending on float rounding
         checkpoints=12,
     )
@@ -78,11 +88,10 @@ def test_weight_decay_does_not_hold_back_adams_push_on_float32s_rounding():
     shrinks the weights' common part."""
     traces = {}
     for loss in ("cross_entropy", "cross_entropy_fp64"):
-        config = gc.RunConfig(
-            name="science-nanda-push",
-            task=gc.AlgorithmicTask(op="x+y", p=31, train_fraction=0.5, op_token=False, loss=loss),
-            model=gc.Transformer(n_layers=1, d_model=64, n_heads=4, d_mlp=256, norm="none", bias="mlp", init="nanda"),
-            optim=gc.AdamW(lr=3e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10),
+        config = nanda_config(
+            "science-nanda-push",
+            gc.AdamW(lr=3e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10),  # the chapter's
+            loss,
             steps=1400,  # 60 steps before the first float32 spike
             batch_size=None,
         )
